@@ -1,0 +1,44 @@
+"""Fixtures for the functional layer: a real Glance 33 per test module."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.support.glance_server import GlanceServer
+
+
+@pytest.fixture(scope='module')
+def glance_factory(tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[Callable[..., GlanceServer]]:
+    """Start real Glance servers for a module; all are stopped after it."""
+    servers: list[GlanceServer] = []
+
+    def make(**kwargs: Any) -> GlanceServer:
+        server = GlanceServer(tmp_path_factory.mktemp('glance'), **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    # On failure, show the end of each Glance log the test could reach.
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == 'call' and report.failed:
+        factory = item.funcargs.get('glance_factory') if hasattr(
+            item, 'funcargs') else None
+        servers = getattr(factory, '__closure__', None) or ()
+        for cell in servers:
+            value = cell.cell_contents
+            if isinstance(value, list):
+                for server in value:
+                    if isinstance(server, GlanceServer):
+                        report.sections.append(
+                            ('glance log %s' % server.url, server.log_tail()))

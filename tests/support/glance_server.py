@@ -1,0 +1,401 @@
+"""A real Glance 33 API for functional tests and for the demo.
+
+Builds a config folder, syncs a sqlite database and runs ``glance.wsgi.api``
+under gunicorn on a free loopback port, with multi-store file backends (and
+any other driver a test names), the staging and tasks stores, all three
+import methods, and our plugins listed in ``glance-image-import.conf``.
+
+Identity comes from the test paste filter in ``tests.support.authfilter``:
+a token ``user:project:role1,role2`` is that user with those roles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(sys.executable).parent
+
+ADMIN_TOKEN = 'admin:admin-project:admin,member,reader'
+MEMBER_TOKEN = 'alice:demo-project:member,reader'
+
+StoreSpec = tuple[str, Mapping[str, Any]]
+
+_PASTE_INI = """\
+[composite:glance-api]
+paste.composite_factory = glance.api:root_app_factory
+/: api
+/healthcheck: healthcheck
+
+[composite:api]
+paste.composite_factory = glance.api:pipeline_factory
+default = cors http_proxy_to_wsgi versionnegotiation testauth context rootapp
+
+[composite:rootapp]
+paste.composite_factory = glance.api:root_app_factory
+/: apiversions
+/v2: apiv2app
+
+[app:apiversions]
+paste.app_factory = glance.api.versions:create_resource
+
+[app:apiv2app]
+paste.app_factory = glance.api.v2.router:API.factory
+
+[app:healthcheck]
+paste.app_factory = oslo_middleware:Healthcheck.app_factory
+backends = disable_by_file
+disable_by_file_path = {workdir}/healthcheck_disable
+
+[filter:versionnegotiation]
+paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
+
+[filter:testauth]
+paste.filter_factory = tests.support.authfilter:filter_factory
+
+[filter:context]
+paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+
+[filter:cors]
+paste.filter_factory = oslo_middleware.cors:filter_factory
+oslo_config_project = glance
+oslo_config_program = glance-api
+
+[filter:http_proxy_to_wsgi]
+paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'True' if value else 'False'
+    if isinstance(value, (list, tuple)):
+        return ','.join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ','.join('%s:%s' % kv for kv in value.items())
+    return str(value)
+
+
+def write_ini(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
+    lines = []
+    for section, options in sections.items():
+        lines.append('[%s]' % section)
+        lines.extend('%s = %s' % (k, _format_value(v))
+                     for k, v in options.items())
+        lines.append('')
+    path.write_text('\n'.join(lines))
+
+
+def merge(base: dict[str, dict[str, Any]],
+          extra: Mapping[str, Mapping[str, Any]] | None) -> None:
+    for section, options in (extra or {}).items():
+        base.setdefault(section, {}).update(options)
+
+
+class GlanceError(RuntimeError):
+    pass
+
+
+class GlanceServer:
+    """One Glance API process and everything it needs, in ``workdir``."""
+
+    def __init__(self, workdir: Path | str, *,
+                 stores: Mapping[str, StoreSpec] | None = None,
+                 default_store: str | None = None,
+                 plugins: Iterable[str] = (),
+                 import_conf: Mapping[str, Mapping[str, Any]] | None = None,
+                 api_conf: Mapping[str, Mapping[str, Any]] | None = None,
+                 workers: int = 1,
+                 threads: int = 4,
+                 max_parallel_stores: int | None = None,
+                 allowed_ports: Iterable[int] = ()) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.stores = dict(stores or {'fast': ('file', {}),
+                                      'cheap': ('file', {})})
+        self.default_store = default_store or next(iter(self.stores))
+        self.plugins = list(plugins)
+        self.import_conf = import_conf
+        self.api_conf = api_conf
+        self.workers = workers
+        self.threads = threads
+        self.max_parallel_stores = max_parallel_stores
+        self.allowed_ports = list(allowed_ports)
+        self.port = free_port()
+        self.url = 'http://127.0.0.1:%d' % self.port
+        self.conf_dir = self.workdir / 'etc'
+        self.log_path = self.workdir / 'glance-api.log'
+        self.staging_dir = self.workdir / 'staging'
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- layout -------------------------------------------------------------
+
+    def store_dir(self, name: str) -> Path:
+        return self.workdir / 'stores' / name
+
+    def write_config(self) -> None:
+        for path in (self.conf_dir, self.staging_dir,
+                     self.workdir / 'tasks'):
+            path.mkdir(parents=True, exist_ok=True)
+        api: dict[str, dict[str, Any]] = {
+            'DEFAULT': {
+                'enabled_backends': ', '.join(
+                    '%s:%s' % (name, spec[0])
+                    for name, spec in self.stores.items()),
+                'enabled_import_methods':
+                    '[glance-direct, web-download, copy-image]',
+                'worker_self_reference_url': self.url,
+                'public_endpoint': self.url,
+                'log_file': str(self.log_path),
+                'debug': True,
+                'use_stderr': False,
+            },
+            'glance_store': {'default_backend': self.default_store},
+            'os_glance_staging_store': {
+                'filesystem_store_datadir': str(self.staging_dir)},
+            'os_glance_tasks_store': {
+                'filesystem_store_datadir': str(self.workdir / 'tasks')},
+            'database': {'connection': 'sqlite:///%s' % (
+                self.workdir / 'glance.sqlite')},
+            'paste_deploy': {
+                'config_file': str(self.conf_dir / 'glance-api-paste.ini')},
+            # prlimit-wrapped qemu-img calls re-exec this interpreter.
+            'wsgi': {'python_interpreter': str(BIN_DIR / 'python')},
+            'import_filtering_opts': {
+                # Bounded lists: the brackets are required.
+                'allowed_hosts': '[127.0.0.1]',
+                'allowed_ports': '[%s]' % ','.join(
+                    str(p) for p in self.allowed_ports or (80, 443))},
+            'oslo_concurrency': {'lock_path': str(self.workdir / 'locks')},
+        }
+        for name, (driver, options) in self.stores.items():
+            section = dict(options)
+            if driver == 'file':
+                section.setdefault('filesystem_store_datadir',
+                                   str(self.store_dir(name)))
+                self.store_dir(name).mkdir(parents=True, exist_ok=True)
+            section.setdefault('store_description', '%s (%s)' % (name, driver))
+            api[name] = section
+        merge(api, self.api_conf)
+        write_ini(self.conf_dir / 'glance-api.conf', api)
+
+        image_import: dict[str, dict[str, Any]] = {
+            'image_import_opts': {
+                'image_import_plugins':
+                    '[%s]' % ', '.join("'%s'" % p for p in self.plugins)},
+        }
+        if self.max_parallel_stores is not None:
+            image_import['image_import_opts']['max_parallel_stores'] = (
+                self.max_parallel_stores)
+        merge(image_import, self.import_conf)
+        write_ini(self.conf_dir / 'glance-image-import.conf', image_import)
+        (self.conf_dir / 'glance-api-paste.ini').write_text(
+            _PASTE_INI.format(workdir=self.workdir))
+
+    # -- life cycle ---------------------------------------------------------
+
+    def env(self, token: str = ADMIN_TOKEN) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            'OS_IMAGE_URL': self.url,
+            'OS_AUTH_TOKEN': token,
+            'OS_GLANCE_CONFIG_DIR': str(self.conf_dir),
+            # The test paste filter is imported from this checkout.
+            'PYTHONPATH': os.pathsep.join(
+                filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')])),
+            'PATH': os.pathsep.join([str(BIN_DIR), env.get('PATH', '')]),
+        })
+        for key in ('OS_AUTH_URL', 'OS_CLOUD', 'OS_USERNAME', 'OS_PASSWORD',
+                    'OS_AUTH_TYPE'):
+            env.pop(key, None)
+        return env
+
+    def start(self, timeout: float = 60) -> 'GlanceServer':
+        self.write_config()
+        subprocess.run(
+            [str(BIN_DIR / 'glance-manage'), '--config-file',
+             str(self.conf_dir / 'glance-api.conf'), 'db_sync'],
+            env=self.env(), check=True, capture_output=True)
+        gunicorn_log = open(self.workdir / 'gunicorn.log', 'ab')
+        self._proc = subprocess.Popen(
+            [str(BIN_DIR / 'gunicorn'), '--bind', '127.0.0.1:%d' % self.port,
+             '--workers', str(self.workers), '--threads', str(self.threads),
+             '--timeout', '600', '--pid', str(self.workdir / 'gunicorn.pid'),
+             'glance.wsgi.api:application'],
+            cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
+            stdout=gunicorn_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        gunicorn_log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise GlanceError('glance-api exited with %s:\n%s' % (
+                    self._proc.returncode, self.log_tail()))
+            try:
+                with urllib.request.urlopen(self.url + '/healthcheck',
+                                            timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise GlanceError('glance-api did not become healthy:\n%s'
+                          % self.log_tail())
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # gunicorn runs in its own session: stop it and its workers by pgid.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> 'GlanceServer':
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 60) -> str:
+        out = []
+        for path in (self.workdir / 'gunicorn.log', self.log_path):
+            if path.exists():
+                out.append('==> %s <==' % path)
+                text = [line for line in
+                        path.read_text(errors='replace').splitlines()
+                        if ' DEBUG ' not in line]
+                out.extend(text[-lines:])
+        return '\n'.join(out)
+
+    # -- clients ------------------------------------------------------------
+
+    def glance(self, *args: str, token: str = ADMIN_TOKEN,
+               check: bool = True, timeout: float = 300
+               ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``glance`` CLI (stdin closed, as from a terminal)."""
+        cmd = [str(BIN_DIR / 'glance'), *args]
+        # glanceclient refuses --file when stdin is a pipe: close it.
+        proc = subprocess.run(
+            ['bash', '-c', 'exec "$@" <&-', 'glance', *cmd],
+            env=self.env(token), capture_output=True, text=True,
+            timeout=timeout)
+        if check and proc.returncode != 0:
+            raise GlanceError('%s failed (%d):\n%s\n%s' % (
+                ' '.join(args), proc.returncode, proc.stdout, proc.stderr))
+        return proc
+
+    def glance_json(self, *args: str, **kwargs: Any) -> Any:
+        """``glance`` CLI output as a dict, via ``--os-image-api-version 2``
+        table parsing (the CLI has no JSON output for most commands)."""
+        out = self.glance(*args, **kwargs).stdout
+        return parse_table(out)
+
+    def client(self, token: str = ADMIN_TOKEN) -> Any:
+        from glanceclient import client as gclient
+        return gclient.Client('2', endpoint=self.url, token=token)
+
+    def request(self, method: str, path: str, token: str = ADMIN_TOKEN,
+                body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={'X-Auth-Token': token,
+                     'Content-Type': 'application/json'})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def image(self, image_id: str, token: str = ADMIN_TOKEN) -> dict[str, Any]:
+        return self.request('GET', '/v2/images/%s' % image_id, token)
+
+    def tasks(self, image_id: str, token: str = ADMIN_TOKEN
+              ) -> list[dict[str, Any]]:
+        """The image's import tasks, newest first."""
+        tasks = self.request('GET', '/v2/images/%s/tasks' % image_id,
+                             token)['tasks']
+        return sorted(tasks, key=lambda t: t['created_at'], reverse=True)
+
+    def wait_for_import(self, image_id: str, timeout: float = 180,
+                        token: str = ADMIN_TOKEN) -> dict[str, Any]:
+        """Wait until the import has finished in every store.
+
+        With allow-failure Glance turns the image active after the first
+        store, so status alone is not enough: the stores still importing
+        must be empty and the newest task must have ended.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            image = self.image(image_id, token)
+            tasks = self.tasks(image_id)
+            importing = image.get('os_glance_importing_to_stores', '')
+            task_done = bool(tasks) and tasks[0]['status'] in (
+                'success', 'failure')
+            if (image['status'] not in ('importing', 'saving')
+                    and not importing and task_done):
+                return image
+            if time.monotonic() > deadline:
+                raise GlanceError('import of %s still running: %r\n%s' % (
+                    image_id, image, self.log_tail()))
+            time.sleep(0.5)
+
+    def last_task_message(self, image_id: str) -> str:
+        tasks = self.tasks(image_id)
+        return tasks[0]['message'] if tasks else ''
+
+    def stored_files(self, image_id: str) -> dict[str, Path]:
+        """File-store name -> path, for each file store holding the image."""
+        found = {}
+        for name, (driver, _options) in self.stores.items():
+            path = self.store_dir(name) / image_id
+            if driver == 'file' and path.exists():
+                found[name] = path
+        return found
+
+    def staged_path(self, image_id: str) -> Path:
+        return self.staging_dir / image_id
+
+
+def parse_table(text: str) -> dict[str, str]:
+    """Parse glanceclient's two-column ``Property | Value`` table."""
+    result: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        if not line.startswith('|'):
+            continue
+        cells = [c.strip() for c in line.strip().strip('|').split('|', 1)]
+        if len(cells) != 2 or cells == ['Property', 'Value']:
+            continue
+        name, value = cells
+        if name:
+            key = name
+            result[key] = value
+        elif key is not None:
+            # A wrapped value continues on the next row.
+            result[key] += value
+    return result
