@@ -1,0 +1,30 @@
+# The two README commands (`make demo`, `make test`) and the developer checks.
+VENV ?= $(CURDIR)/.venv
+PY = $(VENV)/bin/python
+
+.PHONY: setup demo test unit functional pep8 genconfig bench docs
+
+setup:
+	tools/setup-env.sh test
+
+# Command 1: a real local Glance 33 with our plugins, a sample import, the result.
+demo: setup
+	$(PY) tools/demo.py
+
+# Command 2: every test layer: pure (real images), flow (real taskflow),
+# functional (real Glance, real Ceph).
+test: setup
+	tools/run-tests.sh
+
+pep8: setup
+	$(VENV)/bin/ruff check glance_imgplugins tests benchmarks tools
+	$(VENV)/bin/mypy glance_imgplugins
+	$(VENV)/bin/mypy --strict glance_imgplugins/inspection.py glance_imgplugins/qemu_img.py glance_imgplugins/injection_rules.py
+
+genconfig: setup
+	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/glance-imgplugins.conf
+
+# Benchmarks: never part of the tests; results go into doc/source/benchmarks.rst.
+bench: setup
+	tools/setup-env.sh ceph
+	$(PY) -m benchmarks

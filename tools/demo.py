@@ -1,0 +1,151 @@
+"""The main job: a real local Glance 33 with glance-imgplugins enabled.
+
+Starts Glance (gunicorn, sqlite, two file stores) with our import plugins,
+checks the configuration with ``glance-imgplugins check-config``, imports
+sample images made by qemu-img with ``glance image-create-via-import`` into
+both stores, shows what our plugins did, and stops Glance.
+
+Usage: .venv/bin/python tools/demo.py [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.glance_server import (  # noqa: E402
+    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, GlanceServer, parse_table)
+
+MiB = 1024 * 1024
+PLUGINS = ['image_introspection', 'format_conversion', 'property_injection']
+SHOWN = ('name', 'status', 'disk_format', 'container_format', 'size',
+         'virtual_size', 'stores', 'checksum')
+
+RULES = textwrap.dedent('''\
+    # Demo rules for the property_injection plugin.
+    rules:
+      - name: provenance
+        set:
+          imported_by_project: "{project_id}"
+          import_method: "{import_method}"
+          original_disk_format: "{original_disk_format}"
+      - name: vmware-guests-boot-on-scsi
+        match:
+          properties:
+            vmware_adaptertype: lsiLogic
+        default:
+          hw_qemu_guest_agent: "no"
+''')
+
+
+def run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def make_images(folder: Path) -> dict[str, tuple[Path, str]]:
+    raw = folder / 'sample.raw'
+    with open(raw, 'wb') as f:
+        f.truncate(256 * MiB)
+        for offset in range(0, 256 * MiB, 32 * MiB):
+            f.seek(offset)
+            f.write(b'glance-imgplugins demo data\n' * 40000)
+    qcow2 = folder / 'sample.qcow2'
+    run('qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', str(raw),
+        str(qcow2))
+    vmdk = folder / 'sample.vmdk'
+    run('qemu-img', 'convert', '-f', 'raw', '-O', 'vmdk', '-o',
+        'subformat=streamOptimized,adapter_type=lsilogic', str(raw),
+        str(vmdk))
+    evil = folder / 'evil.qcow2'
+    run('qemu-img', 'create', '-f', 'qcow2', '-F', 'raw', '-b', '/etc/passwd',
+        str(evil))
+    return {'sample-qcow2': (qcow2, 'qcow2'),
+            'sample-vmdk': (vmdk, 'vmdk'),
+            'hostile-backing-file': (evil, 'qcow2')}
+
+
+def show(glance: GlanceServer, image_id: str) -> None:
+    image = glance.image(image_id)
+    core = set(SHOWN) | {'id', 'owner', 'created_at', 'updated_at', 'file',
+                         'schema', 'self', 'visibility', 'protected',
+                         'tags', 'locations', 'direct_url', 'min_disk',
+                         'min_ram', 'os_hash_algo', 'os_hash_value',
+                         'os_hidden'}
+    for key in SHOWN:
+        print('    %-28s %s' % (key, image.get(key)))
+    print('    properties set on import:')
+    for key in sorted(set(image) - core):
+        print('      %-26s %s' % (key, image[key]))
+    message = glance.last_task_message(image_id)
+    print('    import task message:       %s' % (message or '(none)'))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--workdir', help='keep everything in this folder')
+    parser.add_argument('--keep', action='store_true',
+                        help='do not delete the work folder')
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix='imgplugins-'))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rules = workdir / 'property-injection-rules.yaml'
+    rules.write_text(RULES)
+
+    glance = GlanceServer(
+        workdir / 'glance', plugins=PLUGINS,
+        import_conf={'property_injection': {'rules_file': str(rules)},
+                     'format_conversion': {'output_format': 'raw'}})
+    glance.write_config()
+    print('== glance-imgplugins check-config --config-dir %s'
+          % glance.conf_dir)
+    subprocess.run([str(BIN_DIR / 'glance-imgplugins'), 'check-config',
+                    '--config-dir', str(glance.conf_dir)],
+                   stderr=subprocess.DEVNULL)
+    images = make_images(workdir)
+    failures = 0
+    with glance:
+        print('\n== Glance 33 is running at %s with image_import_plugins = %s'
+              % (glance.url, PLUGINS))
+        for name, (path, disk_format) in images.items():
+            print('\n== glance image-create-via-import --name %s '
+                  '--disk-format %s --stores fast,cheap --file %s'
+                  % (name, disk_format, path.name))
+            started = time.monotonic()
+            out = glance.glance('image-create-via-import', '--name', name,
+                                '--disk-format', disk_format,
+                                '--container-format', 'bare',
+                                '--stores', 'fast,cheap', '--file', str(path),
+                                token=MEMBER_TOKEN)
+            image_id = parse_table(out.stdout)['id']
+            image = glance.wait_for_import(image_id, token=ADMIN_TOKEN)
+            print('  image %s, %.1f s' % (image_id,
+                                           time.monotonic() - started))
+            show(glance, image_id)
+            expected = 'queued' if name.startswith('hostile') else 'active'
+            if image['status'] != expected:
+                failures += 1
+                print('  !! expected status %s' % expected)
+        print('\n== glance image-list')
+        print(glance.glance('image-list').stdout)
+        print(json.dumps({'stores': {
+            name: sorted(p.name for p in glance.store_dir(name).iterdir())
+            for name in ('fast', 'cheap')}}, indent=2))
+    if not args.keep and not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print('\n== Glance stopped. %s' % ('All as expected.' if not failures
+                                      else '%d unexpected result(s).'
+                                      % failures))
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
