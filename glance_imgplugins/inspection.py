@@ -1,0 +1,547 @@
+"""What an image file is, whether it is safe, and what it says about itself.
+
+The one place that looks inside image files.  Detection and the safety checks
+are oslo.utils' ``format_inspector`` (the same code Glance runs); this module
+adds three things on top:
+
+* a *seeking* driver for the inspectors: it feeds them exactly the 4 KiB chunks
+  ``detect_file_format`` would, but skips the chunks no inspector still wants
+  (a vhdx metadata table at 3 MiB, a streamOptimized footer at the end of a
+  multi-GiB file), so inspection reads headers only: well under 1 MiB and a few
+  milliseconds whatever the virtual or file size;
+* our own refusals: encryption, a truncated header of a known format, several
+  formats at once, a disallowed vmdk createType;
+* facts and the image properties they imply (vmware_*, hw_disk_bus,
+  hw_scsi_model, hw_firmware_type), read from the regions the inspectors
+  already captured.
+
+No oslo.config here: policy (which formats, which families of properties)
+belongs to the plugins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from oslo_utils.imageutils import format_inspector as fi
+
+PROPERTY_FAMILIES: tuple[str, ...] = ('vmware', 'bus', 'firmware')
+
+# Glance's default [image_format] vmdk_allowed_types.
+DEFAULT_VMDK_ALLOWED_TYPES: tuple[str, ...] = ('streamOptimized',
+                                               'monolithicSparse')
+
+# The inspectors' chunk size in detect_file_format(); we keep its chunk
+# boundaries so the inspectors see exactly what they would see there.
+CHUNK = 4096
+
+# inspector NAME -> Glance disk_format.  qed and luks are no Glance format;
+# they keep their own name (and are always refused).
+_GLANCE_FORMAT = {'gpt': 'raw'}
+
+# Facts that only a qcow2 L2 scan can give are gathered while the tables fit
+# in this many bytes of reads; beyond that the fact is None (unknown).
+QCOW2_SCAN_BUDGET = 512 * 1024
+
+_QCOW2_CRYPT = {0: None, 1: 'aes', 2: 'luks'}
+# qcow2 incompatible feature bits (docs/interop/qcow2.txt).
+_QCOW2_INCOMPAT = {0: 'dirty', 1: 'corrupt', 2: 'data_file',
+                   3: 'compression_type', 4: 'extended_l2'}
+
+# VMDK createType, lower-cased as format_inspector stores it -> VMware's
+# spelling.
+_VMDK_CREATE_TYPES = {t.lower(): t for t in (
+    'monolithicSparse', 'streamOptimized', 'monolithicFlat',
+    'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'vmfs', 'vmfsSparse',
+    'vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedThick', 'vmfsRaw',
+    'vmfsRawDeviceMap', 'vmfsPassthroughRawDeviceMap', 'fullDevice',
+    'partitionedDevice', 'custom', 'seSparse')}
+# createType -> metadefs vmware_disktype (sparse, streamOptimized,
+# preallocated).  Flat / preallocated layouts all map to 'preallocated'.
+_VMDK_DISKTYPE = {
+    'streamOptimized': 'streamOptimized',
+    'monolithicSparse': 'sparse',
+    'twoGbMaxExtentSparse': 'sparse',
+    'vmfsSparse': 'sparse',
+    'seSparse': 'sparse',
+    'vmfsThin': 'sparse',
+    'monolithicFlat': 'preallocated',
+    'twoGbMaxExtentFlat': 'preallocated',
+    'vmfs': 'preallocated',
+    'vmfsPreallocated': 'preallocated',
+    'vmfsEagerZeroedThick': 'preallocated',
+}
+# ddb.adapterType (lower-cased) -> (vmware_adaptertype in the metadefs
+# spelling, hw_disk_bus, hw_scsi_model).  hw_scsi_model values are nova's
+# SCSIModel names.  legacyESX (qemu-img can write it) has no metadefs value
+# and no certain bus model: it sets nothing.
+_VMDK_ADAPTERS: dict[str, tuple[str, str, str | None]] = {
+    'ide': ('ide', 'ide', None),
+    'lsilogic': ('lsiLogic', 'scsi', 'lsilogic'),
+    'lsilogicsas': ('lsiLogicsas', 'scsi', 'lsisas1068'),
+    'lsisas1068': ('lsiLogicsas', 'scsi', 'lsisas1068'),
+    'buslogic': ('busLogic', 'scsi', 'buslogic'),
+    'paravirtual': ('paraVirtual', 'scsi', 'vmpvscsi'),
+    'pvscsi': ('paraVirtual', 'scsi', 'vmpvscsi'),
+}
+_VMDK_ADAPTER_SPELLING = {'legacyesx': 'legacyESX'}
+
+_PROPERTY_FAMILY = {
+    'vmware_disktype': 'vmware',
+    'vmware_adaptertype': 'vmware',
+    'vmware_hw_version': 'vmware',
+    'hw_disk_bus': 'bus',
+    'hw_scsi_model': 'bus',
+    'hw_firmware_type': 'firmware',
+}
+
+# Magic numbers of formats with a header at offset 0: a file that starts with
+# one but was detected as raw has a truncated or corrupt header.
+_MAGICS = ((b'QFI\xfb', 'qcow2'), (b'KDMV', 'vmdk'), (b'conectix', 'vhd'),
+           (b'vhdxfile', 'vhdx'), (b'QED\x00', 'qed'),
+           (b'LUKS\xba\xbe', 'luks'))
+
+_ESP_GUID = uuid.UUID('C12A7328-F81F-11D2-BA4B-00A0C93EC93B').bytes_le
+_VHD_TYPES = {2: 'fixed', 3: 'dynamic', 4: 'differencing'}
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectionResult:
+    """What inspection learnt about one file; ``safe`` is the verdict."""
+
+    path: str
+    format: str
+    inspector_name: str
+    virtual_size: int
+    file_size: int
+    allocated_size: int
+    failures: Mapping[str, str]
+    facts: Mapping[str, object]
+    properties: Mapping[str, str]
+    property_families: Mapping[str, str]
+    bytes_read: int = 0
+
+    @property
+    def safe(self) -> bool:
+        return not self.failures
+
+    def failure_summary(self) -> str:
+        """``name (reason), ...``: the text a user reads about a refusal."""
+        return ', '.join('%s (%s)' % (name, reason)
+                         for name, reason in sorted(self.failures.items()))
+
+    def properties_in(self, families: Iterable[str]) -> dict[str, str]:
+        """The properties of the given families only."""
+        wanted = set(families)
+        return {k: v for k, v in self.properties.items()
+                if self.property_families.get(k) in wanted}
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            'path': self.path,
+            'format': self.format,
+            'inspector': self.inspector_name,
+            'virtual_size': self.virtual_size,
+            'file_size': self.file_size,
+            'allocated_size': self.allocated_size,
+            'safe': self.safe,
+            'failures': sorted(self.failures),
+            'failure_reasons': dict(sorted(self.failures.items())),
+            'properties': dict(sorted(self.properties.items())),
+            'property_families': dict(sorted(self.property_families.items())),
+            'facts': {k: _jsonable(v) for k, v in sorted(self.facts.items())},
+        }
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --- reading ---------------------------------------------------------------
+
+class _Reader:
+    """pread() on one descriptor, counting the bytes read."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.bytes_read = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= self.size or length <= 0:
+            return b''
+        data = os.pread(self.fd, min(length, self.size - offset), offset)
+        self.bytes_read += len(data)
+        return data
+
+
+class _Detection:
+    def __init__(self) -> None:
+        self.inspector: fi.FileInspector | None = None
+        self.error: str | None = None
+        self.matches: list[str] = []
+
+
+def _next_wanted(inspector: fi.FileInspector, pos: int,
+                 size: int) -> int | None:
+    """The first offset >= pos that a region of the inspector still needs."""
+    best: int | None = None
+    for name in inspector.context_info:
+        region = inspector.region(name)
+        if isinstance(region, fi.EndCaptureRegion):
+            start = max(pos, size - region.length)
+        elif region.complete or region.offset + region.length <= pos:
+            # Complete, or wholly behind us: streaming can never fill it.
+            continue
+        else:
+            start = max(pos, region.offset)
+        if best is None or start < best:
+            best = start
+    return best
+
+
+def _skip_to(inspector: fi.FileInspector, pos: int) -> None:
+    # The inspectors count the stream position themselves (eat_chunk adds each
+    # chunk's length); advancing that counter is how a chunk nobody wants is
+    # skipped without reading it.  Every region that could want the skipped
+    # bytes is complete or starts after them (see _next_wanted), so the
+    # inspector's state is what it would be had it eaten them.
+    inspector._total_count = pos
+
+
+def _detect(reader: _Reader) -> _Detection:
+    """detect_file_format() without reading what nobody looks at.
+
+    Same inspectors, same chunk boundaries, same error handling and the same
+    decision rule as ``InspectWrapper.formats``; tests check it agrees with
+    ``format_inspector.detect_file_format`` on the whole corpus.
+    """
+    inspectors = [cls() for cls in fi.ALL_FORMATS.values()]
+    errored: set[int] = set()
+    non_raw = [i for i in inspectors if i.NAME != 'raw']
+    raw = [i for i in inspectors if i.NAME == 'raw'][0]
+    result = _Detection()
+    pos = 0
+    finished = False
+    while True:
+        live = [i for i in inspectors if id(i) not in errored]
+        if not finished:
+            wants = [w for w in (_next_wanted(i, pos, reader.size)
+                                 for i in live if i is not raw)
+                     if w is not None]
+            nxt = min(wants) if wants else reader.size
+            nxt -= nxt % CHUNK
+            if nxt > pos:
+                pos = nxt
+                for i in live:
+                    _skip_to(i, pos)
+            chunk = reader.read(pos, CHUNK)
+            if not chunk:
+                for i in inspectors:
+                    i.finish()
+                finished = True
+            else:
+                pos += len(chunk)
+                for i in live:
+                    try:
+                        i.eat_chunk(chunk)
+                    except Exception:  # noqa: BLE001 - as InspectWrapper does
+                        errored.add(id(i))
+        if not finished and not all(i.complete for i in non_raw):
+            continue
+        matches = [i for i in non_raw if i.format_match]
+        result.matches = sorted(i.NAME for i in matches)
+        if len(matches) > 1:
+            result.error = ('several formats match: %s'
+                            % ', '.join(result.matches))
+        elif matches:
+            result.inspector = matches[0]
+        else:
+            result.inspector = raw
+        return result
+
+
+# --- facts per format --------------------------------------------------------
+
+class _Findings:
+    def __init__(self) -> None:
+        self.failures: dict[str, str] = {}
+        self.facts: dict[str, object] = {}
+        self.properties: dict[str, str] = {}
+        self.virtual_size: int | None = None
+        self.format: str | None = None
+
+    def prop(self, key: str, value: str) -> None:
+        self.properties[key] = value
+
+
+def _qcow2_facts(insp: fi.QcowInspector, reader: _Reader,
+                 f: _Findings) -> None:
+    info = insp.qemu_header_info  # the inspector's own parse of bytes 0..31
+    header = bytes(insp.region('header').data)
+    version = int(info.get('version', 0))
+    cluster_bits = int(info.get('cluster_bits', 0))
+    f.facts['qcow2_version'] = version
+    f.facts['qcow2_compat'] = {2: '0.10', 3: '1.1'}.get(version)
+    f.facts['cluster_size'] = (1 << cluster_bits
+                               if 9 <= cluster_bits <= 21 else None)
+    # The inspector parses the first 32 bytes only; the rest of the header
+    # it captured holds encryption, the L1 table and the feature bits.
+    crypt, l1_size, l1_offset = struct.unpack('>IIQ', header[32:48])
+    f.facts['encrypted'] = crypt != 0
+    f.facts['encryption_format'] = _QCOW2_CRYPT.get(crypt,
+                                                    'unknown(%d)' % crypt)
+    if crypt:
+        f.failures['encryption'] = ('qcow2 image is encrypted (%s)'
+                                    % f.facts['encryption_format'])
+    incompat = 0
+    if version >= 3:
+        (incompat,) = struct.unpack('>Q', header[72:80])
+        hlen = struct.unpack('>I', header[100:104])[0]
+        compression = header[104] if hlen > 104 else 0
+        f.facts['compression_type'] = {0: 'zlib', 1: 'zstd'}.get(
+            compression, 'unknown')
+    else:
+        f.facts['compression_type'] = 'zlib'
+    f.facts['incompatible_features'] = sorted(
+        _QCOW2_INCOMPAT.get(b, 'bit%d' % b) for b in range(64)
+        if incompat & (1 << b))
+    f.facts['backing_file'] = bool(info.get('bf_offset'))
+    f.facts['data_file'] = bool(incompat & 4)
+    f.facts['compressed'] = _qcow2_compressed(
+        reader, cluster_bits, l1_size, l1_offset, bool(incompat & 16))
+
+
+def _qcow2_compressed(reader: _Reader, cluster_bits: int, l1_size: int,
+                      l1_offset: int, extended_l2: bool) -> bool | None:
+    """Whether any cluster is compressed, when the L1+L2 tables are small.
+
+    Cost is one read of the L1 table and of each L2 table, so it is only done
+    while that stays under QCOW2_SCAN_BUDGET; otherwise None (unknown).
+    """
+    if not 9 <= cluster_bits <= 21:
+        return None
+    cluster = 1 << cluster_bits
+    if l1_size * 8 > QCOW2_SCAN_BUDGET:
+        return None
+    l1 = reader.read(l1_offset, l1_size * 8)
+    if len(l1) != l1_size * 8:
+        return None
+    l2_offsets = [e & 0x00FFFFFFFFFFFE00
+                  for (e,) in struct.iter_unpack('>Q', l1)]
+    l2_offsets = [o for o in l2_offsets if o]
+    if len(l1) + len(l2_offsets) * cluster > QCOW2_SCAN_BUDGET:
+        return None
+    step = 16 if extended_l2 else 8
+    for off in l2_offsets:
+        table = reader.read(off, cluster)
+        for i in range(0, len(table) - 7, step):
+            if table[i] & 0x40:  # bit 62: compressed cluster descriptor
+                return True
+    return False
+
+
+def _vmdk_facts(insp: fi.VMDKInspector, f: _Findings,
+                allowed: Iterable[str]) -> None:
+    # The inspector keeps the descriptor it validated, lower-cased, in
+    # desc_text (ddb.* lines included): the facts come from that text.
+    text = insp.desc_text or ''
+    lowered = getattr(insp, 'vmdktype', '')
+    create_type = _VMDK_CREATE_TYPES.get(lowered, lowered)
+    f.facts['vmdk_create_type'] = create_type
+    allowed_l = {a.lower() for a in allowed}
+    if lowered not in allowed_l:
+        f.failures['vmdk_create_type'] = (
+            'vmdk createType %s is not allowed (allowed: %s)'
+            % (create_type or 'missing', ', '.join(sorted(allowed))))
+    f.facts['compressed'] = True if create_type == 'streamOptimized' else None
+    disktype = _VMDK_DISKTYPE.get(create_type)
+    if disktype:
+        f.prop('vmware_disktype', disktype)
+    ddb = dict(re.findall(r'^\s*ddb\.([a-z0-9_.]+)\s*=\s*"([^"\n]{0,64})"',
+                          text, re.MULTILINE))
+    adapter = ddb.get('adaptertype')
+    if adapter is not None:
+        mapped = _VMDK_ADAPTERS.get(adapter)
+        f.facts['vmdk_adapter_type'] = (
+            mapped[0] if mapped
+            else _VMDK_ADAPTER_SPELLING.get(adapter, adapter))
+        if mapped:
+            f.prop('vmware_adaptertype', mapped[0])
+            f.prop('hw_disk_bus', mapped[1])
+            if mapped[2]:
+                f.prop('hw_scsi_model', mapped[2])
+    hw = ddb.get('virtualhwversion')
+    if hw is not None and hw.isdigit():
+        f.facts['virtual_hw_version'] = int(hw)
+        f.prop('vmware_hw_version', hw)
+
+
+def _gpt_facts(reader: _Reader, mbr: bytes, f: _Findings) -> None:
+    """Partition table kind, and an EFI System Partition in a valid GPT.
+
+    format_inspector reads the MBR only; the GPT header and entries (LBA 1
+    and the entry array it names, normally 16 KiB) are read here, and only
+    trusted when both CRC32s match.
+    """
+    types = [mbr[446 + 16 * i + 4] for i in range(4)]
+    if 0xEE not in types:
+        f.facts['partition_table'] = 'mbr'
+        return
+    f.facts['partition_table'] = 'gpt'
+    f.facts['gpt_esp'] = False
+    for sector in (512, 4096):
+        hdr = reader.read(sector, 92)
+        if len(hdr) < 92 or hdr[:8] != b'EFI PART':
+            continue
+        (hsize, hcrc) = struct.unpack('<II', hdr[12:20])
+        if not 92 <= hsize <= sector:
+            continue
+        full = bytearray(reader.read(sector, hsize))
+        full[16:20] = b'\0\0\0\0'
+        if zlib.crc32(full) != hcrc:
+            f.facts['gpt_valid'] = False
+            return
+        lba, count, esize, ecrc = struct.unpack('<QIII', hdr[72:92])
+        if esize < 128 or esize % 8 or count * esize > 256 * 1024:
+            f.facts['gpt_valid'] = False
+            return
+        entries = reader.read(lba * sector, count * esize)
+        if zlib.crc32(entries) != ecrc:
+            f.facts['gpt_valid'] = False
+            return
+        f.facts['gpt_valid'] = True
+        f.facts['gpt_esp'] = any(
+            entries[i:i + 16] == _ESP_GUID
+            for i in range(0, len(entries), esize))
+        if f.facts['gpt_esp']:
+            f.prop('hw_firmware_type', 'uefi')
+        return
+    f.facts['gpt_valid'] = False
+
+
+def _vhd_footer(data: bytes) -> dict[str, Any] | None:
+    """Parse a 512-byte VHD footer whose checksum is right, else None."""
+    if len(data) < 512 or data[:8] != b'conectix':
+        return None
+    (checksum,) = struct.unpack('>I', data[64:68])
+    summed = sum(data[:64]) + sum(data[68:512])
+    if (~summed & 0xFFFFFFFF) != checksum:
+        return None
+    (current_size,) = struct.unpack('>Q', data[48:56])
+    (disk_type,) = struct.unpack('>I', data[60:64])
+    return {'current_size': current_size,
+            'disk_type': _VHD_TYPES.get(disk_type, 'unknown(%d)' % disk_type)}
+
+
+def _vhd_facts(insp: fi.VHDInspector, f: _Findings) -> None:
+    footer = _vhd_footer(bytes(insp.region('header').data))
+    if footer is None:
+        f.failures['footer'] = 'vhd footer checksum does not match'
+        return
+    f.facts['vhd_disk_type'] = footer['disk_type']
+    if footer['disk_type'] != 'dynamic':
+        # A differencing disk names a parent file, like a backing file.
+        f.failures['backing_file'] = ('vhd image is a %s disk'
+                                      % footer['disk_type'])
+
+
+# --- the one entry point -----------------------------------------------------
+
+def inspect_file(
+        path: str,
+        vmdk_allowed_types: Iterable[str] = DEFAULT_VMDK_ALLOWED_TYPES,
+) -> InspectionResult:
+    """Inspect the image at ``path``.
+
+    Never raises for a bad or hostile image (``failures`` says why it is
+    refused); raises OSError only when the file cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        reader = _Reader(fd, st.st_size)
+        f = _Findings()
+        inspector_name = _inspect(reader, f, tuple(vmdk_allowed_types))
+    finally:
+        os.close(fd)
+    families = {k: _PROPERTY_FAMILY[k] for k in f.properties}
+    return InspectionResult(
+        path=path,
+        format=f.format or 'unknown',
+        inspector_name=inspector_name,
+        virtual_size=f.virtual_size if f.virtual_size is not None else 0,
+        file_size=st.st_size,
+        allocated_size=st.st_blocks * 512,
+        failures=dict(sorted(f.failures.items())),
+        facts=dict(sorted(f.facts.items())),
+        properties=dict(sorted(f.properties.items())),
+        property_families=families,
+        bytes_read=reader.bytes_read,
+    )
+
+
+def _inspect(reader: _Reader, f: _Findings,
+             vmdk_allowed_types: tuple[str, ...]) -> str:
+    detection = _detect(reader)
+    insp = detection.inspector
+    if insp is None:
+        f.failures['format_detection'] = str(detection.error)
+        f.facts['matched_formats'] = detection.matches
+        return 'unknown'
+    name = insp.NAME
+    f.format = _GLANCE_FORMAT.get(name, name)
+    try:
+        insp.safety_check()
+    except fi.SafetyCheckFailed as exc:
+        for check, reason in exc.failures.items():
+            f.failures[str(check)] = str(reason)
+    except fi.ImageFormatError as exc:
+        f.failures['format_detection'] = str(exc)
+
+    head = reader.read(0, 512) if name in ('raw', 'gpt') else b''
+    if name == 'raw':
+        f.virtual_size = reader.size
+        for magic, fmt in _MAGICS:
+            if head.startswith(magic):
+                f.failures['format_detection'] = (
+                    'file starts like %s but its header is truncated or '
+                    'corrupt' % fmt)
+    elif name == 'gpt':
+        f.virtual_size = reader.size
+        _gpt_facts(reader, bytes(insp.region('mbr').data), f)
+    elif name == 'qed':
+        f.virtual_size = 0
+    elif name == 'luks':
+        f.failures['encryption'] = 'image is LUKS encrypted'
+        payload = int(insp.header_items['payload_offset']) * 512 \
+            if isinstance(insp, fi.LUKSInspector) else 0
+        f.virtual_size = max(reader.size - payload, 0)
+    else:
+        f.virtual_size = insp.virtual_size
+    if isinstance(insp, fi.QcowInspector):
+        _qcow2_facts(insp, reader, f)
+    elif isinstance(insp, fi.VMDKInspector):
+        _vmdk_facts(insp, f, vmdk_allowed_types)
+    elif isinstance(insp, fi.VHDInspector):
+        _vhd_facts(insp, f)
+
+    if name in ('raw', 'gpt') and reader.size >= 1024:
+        # A fixed VHD is raw data followed by a footer, which
+        # format_inspector (reading from the start) cannot see.
+        footer = _vhd_footer(reader.read(reader.size - 512, 512))
+        if footer and footer['disk_type'] == 'fixed' \
+                and footer['current_size'] == reader.size - 512:
+            f.format = 'vhd'
+            f.facts['vhd_disk_type'] = 'fixed'
+            f.virtual_size = footer['current_size']
+    return name
