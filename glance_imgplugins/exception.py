@@ -96,3 +96,15 @@ class ConversionFailed(GlanceImgPluginsError):
 
 class StoreError(GlanceImgPluginsError):
     msg_fmt = "Store %(store)s: %(reason)s"
+
+
+# --- property injection ------------------------------------------------------
+
+class ForbiddenPropertyByRule(ForbiddenProperty):
+    msg_fmt = ("Property %(key)s may not be set by users here "
+               "(property injection rule %(rule)s): refused")
+
+
+class PropertyTemplateError(GlanceImgPluginsError):
+    msg_fmt = ("Property injection rule %(rule)s: the value of %(key)s needs "
+               "${%(var)s}, which this import does not have")
