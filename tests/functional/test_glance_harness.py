@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.glance_server import MEMBER_TOKEN, parse_table
+from tests.support.glance_server import MEMBER_TOKEN, GlanceError, parse_table
 
 MiB = 1024 * 1024
 
@@ -63,9 +63,20 @@ def test_intree_conversion_into_two_stores(glance, tmp_path):
     assert sorted(stored) == ['cheap', 'fast']
     for path in stored.values():
         assert sha256(path) == sha256(raw)
-    # The CLI's own view agrees with the API's.
+    # The CLI's and glanceclient's views agree with the API's.
     shown = glance.glance_json('image-show', image_id)
     assert shown['disk_format'] == 'raw'
+    assert glance.client(MEMBER_TOKEN).images.get(image_id)['size'] == (
+        raw.stat().st_size)
+    assert not [line for line in glance.plugin_load_failures()
+                if 'image_conversion' in line]
+
+
+def test_check_config_guards_the_harness(glance_factory):
+    """A misspelled plugin never reaches a running Glance."""
+    with pytest.raises(GlanceError, match="'image_convertion' is not "
+                       "provided by any installed package"):
+        glance_factory(plugins=['image_convertion'])
 
 
 def test_member_sees_own_image_admin_copy(glance, tmp_path):

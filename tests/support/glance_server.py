@@ -124,7 +124,8 @@ class GlanceServer:
                  workers: int = 1,
                  threads: int = 4,
                  max_parallel_stores: int | None = None,
-                 allowed_ports: Iterable[int] = ()) -> None:
+                 allowed_ports: Iterable[int] = (),
+                 check_config: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.stores = dict(stores or {'fast': ('file', {}),
                                       'cheap': ('file', {})})
@@ -136,6 +137,7 @@ class GlanceServer:
         self.threads = threads
         self.max_parallel_stores = max_parallel_stores
         self.allowed_ports = list(allowed_ports)
+        self.check_config = check_config
         self.port = free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
         self.conf_dir = self.workdir / 'etc'
@@ -227,6 +229,16 @@ class GlanceServer:
 
     def start(self, timeout: float = 60) -> 'GlanceServer':
         self.write_config()
+        if self.check_config:
+            # Glance silently skips a plugin it cannot load: refuse to run a
+            # test against a configuration that would do that.
+            check = subprocess.run(
+                [str(BIN_DIR / 'glance-imgplugins'), 'check-config',
+                 '--config-dir', str(self.conf_dir)],
+                env=self.env(), capture_output=True, text=True)
+            if check.returncode != 0:
+                raise GlanceError('check-config failed:\n' + check.stdout
+                                  + check.stderr)
         subprocess.run(
             [str(BIN_DIR / 'glance-manage'), '--config-file',
              str(self.conf_dir / 'glance-api.conf'), 'db_sync'],
@@ -292,6 +304,13 @@ class GlanceServer:
                         if ' DEBUG ' not in line]
                 out.extend(text[-lines:])
         return '\n'.join(out)
+
+    def plugin_load_failures(self) -> list[str]:
+        """Log lines where Glance (stevedore) skipped a plugin or driver."""
+        if not self.log_path.exists():
+            return []
+        return [line for line in self.log_path.read_text(
+                errors='replace').splitlines() if 'Could not load' in line]
 
     # -- clients ------------------------------------------------------------
 
