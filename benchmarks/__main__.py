@@ -1,0 +1,25 @@
+"""Run every benchmarks/bench_*.py (or those named) one after the other."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(names: list[str]) -> int:
+    sys.path.insert(0, str(HERE.parent))
+    scripts = sorted(HERE.glob('bench_*.py'))
+    if names:
+        scripts = [s for s in scripts
+                   if s.stem in names or s.stem[len('bench_'):] in names]
+    for script in scripts:
+        print('\n######## %s' % script.name, flush=True)
+        runpy.run_path(str(script), run_name='__main__')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
