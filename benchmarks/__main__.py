@@ -15,10 +15,15 @@ def main(names: list[str]) -> int:
     if names:
         scripts = [s for s in scripts
                    if s.stem in names or s.stem[len('bench_'):] in names]
+    status = 0
     for script in scripts:
         print('\n######## %s' % script.name, flush=True)
-        runpy.run_path(str(script), run_name='__main__')
-    return 0
+        try:
+            runpy.run_path(str(script), run_name='__main__')
+        except SystemExit as exc:  # a script's own exit must not stop the rest
+            if exc.code not in (0, None):
+                status = 1
+    return status
 
 
 if __name__ == '__main__':
