@@ -359,7 +359,7 @@ def _vmdk_facts(insp: fi.VMDKInspector, f: _Findings,
     create_type = _VMDK_CREATE_TYPES.get(lowered, lowered)
     f.facts['vmdk_create_type'] = create_type
     allowed_l = {a.lower() for a in allowed}
-    if lowered not in allowed_l:
+    if insp.desc_text is not None and lowered not in allowed_l:
         f.failures['vmdk_create_type'] = (
             'vmdk createType %s is not allowed (allowed: %s)'
             % (create_type or 'missing', ', '.join(sorted(allowed))))
