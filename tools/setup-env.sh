@@ -9,11 +9,15 @@ VENV=${VENV:-$PWD/.venv}
 PY=${PYTHON:-python3}
 profiles=("${@:-test}")
 
+# This machine's pip config names local mirrors that may not exist: drop
+# pip's per-package warnings about them, keep everything else.
+pip() { "$VENV/bin/pip" "$@" 2> >(grep -v 'is ignored: it is neither' >&2); }
+
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q -U pip
+    pip install -q -U pip
 fi
-"$VENV/bin/pip" install -q bindep
+pip install -q bindep
 
 missing=$("$VENV/bin/bindep" -b -f bindep.txt "${profiles[@]}" || true)
 if [ -n "$missing" ]; then
@@ -26,8 +30,8 @@ fi
 
 stamp="$VENV/.deps-$(cat requirements.txt test-requirements.txt setup.cfg | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
-    "$VENV/bin/pip" install -q -r requirements.txt -r test-requirements.txt
-    "$VENV/bin/pip" install -q --no-deps -e .
+    pip install -q -r requirements.txt -r test-requirements.txt
+    pip install -q --no-deps -e .
     touch "$stamp"
 fi
 
