@@ -108,3 +108,27 @@ class ForbiddenPropertyByRule(ForbiddenProperty):
 class PropertyTemplateError(GlanceImgPluginsError):
     msg_fmt = ("Property injection rule %(rule)s: the value of %(key)s needs "
                "${%(var)s}, which this import does not have")
+
+
+# --- multi-store import / copy CLI -----------------------------------------
+
+class MultistoreError(GlanceImgPluginsError):
+    """An import or copy could not be started or watched."""
+
+    msg_fmt = "Multi-store import: %(reason)s"
+
+
+class ApiConnectionError(MultistoreError):
+    msg_fmt = "Cannot reach the Image API: %(reason)s"
+
+
+class ImageApiError(MultistoreError):
+    msg_fmt = "Image API refused to %(action)s: %(reason)s"
+
+
+class UnknownStores(MultistoreError):
+    msg_fmt = "Unknown store(s) %(stores)s (stores here: %(enabled)s)"
+
+
+class ImageFileError(MultistoreError):
+    msg_fmt = "Cannot read image file %(path)s: %(reason)s"
