@@ -196,6 +196,11 @@ def _env() -> dict[str, str]:
     # A stable, untranslated message language for the errors we relay.
     env = dict(os.environ)
     env['LC_ALL'] = 'C'
+    # glibc reserves 64 MiB of address space per thread arena; qemu-img's
+    # worker threads (compression, -m 16) then hit a 1 GiB RLIMIT_AS with
+    # "qemu_thread_create: Resource temporarily unavailable" about half the
+    # time.  Two arenas keep the limit meaningful and the convert working.
+    env['MALLOC_ARENA_MAX'] = '2'
     return env
 
 
