@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 import textwrap
 
 import pytest
@@ -466,3 +467,32 @@ class TestPrecedence:
         c = ctx(user_properties={'x': '1'},
                 properties={'x': '1', 'os_glance_import_task': 't1'})
         assert ir.evaluate(rs, c).remove == frozenset(['x'])
+
+
+# --- the documented example ------------------------------------------------
+
+def test_example_rules_file_is_valid_and_does_what_it_says():
+    path = (pathlib.Path(__file__).resolve().parents[2] / 'etc'
+            / 'property-injection-rules.yaml.example')
+    rs = ir.load_rules(str(path))
+    assert [r.name for r in rs.rules] == [
+        'provenance', 'defaults', 'lsi-to-virtio-scsi', 'user-limits',
+        'nightly-builds']
+    c = ctx(original_disk_format='vmdk',
+            user_properties={'imported_by': 'forged', 'billing_code': 'x',
+                             'hw_qemu_guest_agent': 'no'},
+            properties={'imported_by': 'forged', 'billing_code': 'x',
+                        'hw_qemu_guest_agent': 'no',
+                        'vmware_adaptertype': 'lsiLogic'})
+    out = ir.evaluate(rs, c)
+    assert out.set == {
+        'imported_by': 'u1@p1', 'imported_via': 'glance-direct on 2026-11-20',
+        'img_source_format': 'vmdk', 'os_require_quiesce': 'no',
+        'hw_disk_bus': 'scsi', 'hw_scsi_model': 'virtio-scsi',
+        'billing_code': 'std-p1'}
+    assert out.remove == frozenset()
+    with pytest.raises(exception.ForbiddenPropertyByRule):
+        ir.evaluate(rs, ctx(user_properties={'hw_firmware_type': 'bios'}))
+    admin = ctx(roles=frozenset(['admin', 'member']),
+                user_properties={'hw_firmware_type': 'bios'})
+    assert 'hw_firmware_type' not in ir.evaluate(rs, admin).remove
