@@ -105,7 +105,7 @@ def rules_file(tmp_path):
             pass
 
 
-def make_import(properties: dict[str, str] | None = None,
+def new_import(properties: dict[str, str] | None = None,
                 roles: tuple[str, ...] = ('member',),
                 method: str = 'glance-direct',
                 disk_format: str = 'qcow2',
@@ -176,7 +176,7 @@ RULES = """\
 
 def test_rules_see_facts_final_format_and_user_values(rules_file):
     rules_file(RULES)
-    imp = make_import({'billing_code': 'free', 'hw_qemu_guest_agent': 'yes',
+    imp = new_import({'billing_code': 'free', 'hw_qemu_guest_agent': 'yes',
                        'os_distro': 'ubuntu'})
     fact = SetFact(imp['wrapper'], {'vmware_adaptertype': 'lsiLogic'},
                    disk_format='raw')
@@ -194,7 +194,7 @@ def test_rules_see_facts_final_format_and_user_values(rules_file):
 
 def test_user_cannot_fake_a_fact(rules_file):
     rules_file(RULES)
-    imp = make_import({'vmware_adaptertype': 'lsiLogic'})
+    imp = new_import({'vmware_adaptertype': 'lsiLogic'})
     run(imp)
     assert 'hw_disk_bus' not in props(imp)
     assert 'img_origin' not in props(imp)   # no conversion happened
@@ -202,7 +202,7 @@ def test_user_cannot_fake_a_fact(rules_file):
 
 def test_ignored_role_skips_everything(rules_file):
     rules_file(RULES)
-    imp = make_import({'hw_firmware_type': 'uefi', 'billing_code': 'free'},
+    imp = new_import({'hw_firmware_type': 'uefi', 'billing_code': 'free'},
                       roles=('admin', 'member'))
     run(imp)
     assert props(imp) == {'hw_firmware_type': 'uefi', 'billing_code': 'free'}
@@ -210,7 +210,7 @@ def test_ignored_role_skips_everything(rules_file):
 
 def test_forbidden_key_fails_with_reason_and_frees_the_image(rules_file):
     rules_file(RULES)
-    imp = make_import({'hw_firmware_type': 'uefi'})
+    imp = new_import({'hw_firmware_type': 'uefi'})
     with pytest.raises(glance_exception.UploadException) as info:
         run(imp)
     assert str(info.value) == (
@@ -233,7 +233,7 @@ def test_broken_rules_file_fails_the_import_with_the_line(rules_file):
           - name: b
             sett: {k: v}
         """)
-    imp = make_import(method='web-download')
+    imp = new_import(method='web-download')
     flow = pi.get_flow(**imp['kwargs'])   # never raises
     with pytest.raises(glance_exception.UploadException) as info:
         engines.load(flow).run()
@@ -251,7 +251,7 @@ def test_later_failure_reverts_what_the_rules_did(rules_file):
           - set: {tier: gold, os_distro: rules}
             remove: [legacy]
         """)
-    imp = make_import({'os_distro': 'ubuntu', 'legacy': 'x'})
+    imp = new_import({'os_distro': 'ubuntu', 'legacy': 'x'})
     with pytest.raises(RuntimeError, match='store down'):
         run(imp, after=(StoreFails(),))
     assert props(imp) == {'os_distro': 'ubuntu', 'legacy': 'x'}
@@ -268,20 +268,20 @@ def test_compat_mode_reads_upstream_options(rules_file):
                       group=pi.UPSTREAM_GROUP)
     CONF.set_override('ignore_user_roles', ['reader'],
                       group=pi.UPSTREAM_GROUP)
-    imp = make_import()
+    imp = new_import()
     run(imp)
     # Upstream's rule comes first: the rules file overrides it.
     assert props(imp) == {'tier': 'from-rules', 'site': 'paris'}
     # Upstream's ignore list replaces ours (not set explicitly)...
-    reader = make_import(roles=('reader',))
+    reader = new_import(roles=('reader',))
     run(reader)
     assert props(reader) == {}
-    admin = make_import(roles=('admin',))
+    admin = new_import(roles=('admin',))
     run(admin)
     assert props(admin) == {'tier': 'from-rules', 'site': 'paris'}
     # ...unless ours is set.
     CONF.set_override('ignore_user_roles', ['admin'], group=pi.GROUP)
-    admin = make_import(roles=('admin',))
+    admin = new_import(roles=('admin',))
     run(admin)
     assert props(admin) == {}
 
@@ -325,3 +325,45 @@ def test_list_opts():
     for opt in opts:
         assert 'Possible values:' in opt.help
         assert 'Related options:' in opt.help
+
+
+# --- with the real image_introspection, lock and staging tasks ------------
+
+def with_context(get_flow: Any, roles: list[str]) -> Any:
+    context = oslo_context.RequestContext(user_id='user-9',
+                                          project_id='project', roles=roles)
+    return lambda **kw: get_flow(**{**kw, 'context': context})
+
+
+def test_real_introspection_facts_drive_rules_and_forbid_then_retry(
+        make_import, conf, rules_file):
+    from glance_imgplugins.plugins import image_introspection
+    rules_file(RULES)
+    imp = make_import('vmdk_stream_lsilogic',
+                      properties={'hw_firmware_type': 'bios'})
+    plugins = [image_introspection.get_flow,
+               with_context(pi.get_flow, ['member'])]
+    with pytest.raises(glance_exception.UploadException,
+                       match='Property hw_firmware_type may not be set'):
+        imp.run(plugins)
+    image = imp.image
+    assert image.status == 'uploading'
+    # Introspection's revert took its facts back too: nothing half-done.
+    assert {k: v for k, v in dict(image.extra_properties).items()
+            if not k.startswith('os_glance')} == {'hw_firmware_type': 'bios'}
+    assert 'os_glance_import_task' not in image.extra_properties
+
+    # The user drops the key and imports again (the data is still staged).
+    image.extra_properties.pop('hw_firmware_type')
+    imp.image_repo.save(image)
+    imp.restart()
+    imp.run(plugins)
+    got = {k: v for k, v in dict(imp.image.extra_properties).items()
+           if not k.startswith('os_glance')}
+    assert got == {
+        'vmware_disktype': 'streamOptimized', 'vmware_hw_version': '4',
+        'vmware_adaptertype': 'lsiLogic',
+        'hw_disk_bus': 'scsi', 'hw_scsi_model': 'lsiLogic',   # lsi-fact
+        'imported_by': 'user-9@project via glance-direct',
+        'hw_qemu_guest_agent': 'no',
+        'billing_code': 'std-project'}

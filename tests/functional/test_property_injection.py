@@ -10,13 +10,14 @@ final disk_format and the format the user declared.
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 
 import pytest
 
 from tests.support import images
 from tests.support.glance_server import (
-    ADMIN_TOKEN, MEMBER_TOKEN, parse_table)
+    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, parse_table)
 
 RULES = """\
     rules:
@@ -158,3 +159,30 @@ def test_forbidden_key_fails_the_import_with_its_reason(glance):
     assert admin['status'] == 'active'
     assert admin['hw_firmware_type'] == 'uefi'
     assert admin['support_tier'] == 'vendor'
+
+
+def test_check_config_accepts_the_running_configuration(glance):
+    out = subprocess.run(
+        [str(BIN_DIR / 'glance-imgplugins'), 'check-config', '--config-dir',
+         str(glance.conf_dir)], env=glance.env(), capture_output=True,
+        text=True)
+    assert ("OK     import plugin 'property_injection' "
+            "(glance_imgplugins.plugins.property_injection:get_flow)"
+            in out.stdout), out.stdout
+
+
+def test_check_config_reports_a_broken_rules_file_with_its_line(tmp_path):
+    rules = tmp_path / 'rules.yaml'
+    rules.write_text('rules:\n  - name: a\n    set: {ok: "1"}\n'
+                     '  - name: b\n    set:\n      os_glance_x: "1"\n')
+    (tmp_path / 'glance-image-import.conf').write_text(
+        "[image_import_opts]\nimage_import_plugins = ['property_injection']"
+        "\n\n[property_injection]\nrules_file = %s\n" % rules)
+    out = subprocess.run(
+        [str(BIN_DIR / 'glance-imgplugins'), 'check-config', '--config-dir',
+         str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert ("ERROR  import plugin 'property_injection': Property injection "
+            "rules %s: line 6: rules[1] (b).set: key 'os_glance_x': keys "
+            "starting os_glance are reserved to Glance" % rules
+            in out.stdout), out.stdout
