@@ -248,7 +248,9 @@ def _qcow2_backing(d: pathlib.Path, name: str) -> pathlib.Path:
 def _qcow2_data_file(d: pathlib.Path, name: str) -> pathlib.Path:
     out = d / (name + '.qcow2')
     qemu_img('create', '-f', 'qcow2', '-o',
-             'data_file=%s.data,data_file_raw=on' % name, str(out),
+             # Absolute: a relative name lands in qemu-img's working dir.
+             'data_file=%s,data_file_raw=on' % (d / (name + '.data')),
+             str(out),
              str(VIRTUAL_SIZE))
     return out
 
