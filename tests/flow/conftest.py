@@ -149,6 +149,27 @@ class Import:
         self.action_wrapper = api_image_import.ImportActionWrapper(
             self.image_repo, self.image_id, self.task_id)
 
+    def restart(self) -> None:
+        """What ``glance image-import --import-method glance-direct`` does
+        to the image again: the API requires it ``uploading`` (staged), then
+        get_flow() locks it, marks it importing and clears failed stores."""
+        image = self.image_repo.get(self.image_id)
+        assert image.status == 'uploading', image.status
+        glance_task = domain.TaskFactory().new_task(
+            task_type=TASK_TYPE, owner='project', image_id=self.image_id,
+            user_id='user', request_id='req', task_input={})
+        glance_task.begin_processing()
+        self.task_id = glance_task.task_id
+        self.task_repo = TaskRepo(glance_task)
+        self.action_wrapper = api_image_import.ImportActionWrapper(
+            self.image_repo, self.image_id, self.task_id)
+        image.extra_properties['os_glance_import_task'] = self.task_id
+        self.image_repo.save(image)
+        with self.action_wrapper as action:
+            action.set_image_attribute(status='importing')
+            action.add_importing_stores(STORES)
+            action.remove_failed_stores(STORES)
+
     @property
     def image(self) -> domain.Image:
         return self.image_repo.images[self.image_id]

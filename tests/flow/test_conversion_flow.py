@@ -1,0 +1,381 @@
+"""``format_conversion`` run by a real taskflow engine on staged corpus files.
+
+Real qemu-img converts; the expected bytes are those of a plain
+``qemu-img convert`` of the original, compared by sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+
+import pytest
+from glance.common import exception as glance_exception
+
+from glance_imgplugins import inspection
+from glance_imgplugins import qemu_img
+from glance_imgplugins.plugins import format_conversion
+from glance_imgplugins.plugins import image_introspection
+from tests.flow.conftest import Boom, Record, STORES, qemu_convert, sha256
+from tests.support import images
+
+convert_flow = format_conversion.get_flow
+introspect_flow = image_introspection.get_flow
+PLUGINS = [introspect_flow, convert_flow]
+
+# Every benign image that must be converted to raw; the vmdk adapter
+# variants only differ in descriptor text, two of them suffice here.
+TO_CONVERT = sorted(
+    n for n, e in images.BENIGN.items()
+    if e.format not in ('raw', 'iso')
+    and not (n.startswith('vmdk_') and not n.endswith(('_ide',
+                                                       '_paravirtual'))))
+FAILED = ','.join(sorted(STORES))
+
+
+def staging_files(imp) -> set[str]:
+    return {p.name for p in imp.staged.parent.iterdir()}
+
+
+def expected_raw(imp, scratch: pathlib.Path) -> str:
+    entry = images.ENTRIES[[n for n, e in images.ENTRIES.items()
+                            if imp.source.name.startswith(n + '.')][0]]
+    return sha256(qemu_convert(imp.source, entry.qemu_format,
+                               scratch / 'expected.raw', 'raw'))
+
+
+@pytest.mark.parametrize('name', TO_CONVERT)
+def test_converts_to_raw_like_qemu_img(make_import, scratch, name):
+    imp = make_import(name)
+    declared = imp.image.disk_format
+    Record.seen.clear()
+    imp.run(PLUGINS, [Record()])
+
+    out = pathlib.Path('%s.raw' % imp.staged)
+    assert Record.seen == ['file://%s' % out]
+    assert sha256(out) == expected_raw(imp, scratch)
+    image = imp.image
+    assert image.disk_format == 'raw'
+    assert image.extra_properties['img_original_disk_format'] == declared
+    assert image.virtual_size == images.VIRTUAL_SIZE or name.startswith(
+        'vpc_')  # vpc rounds to its CHS geometry
+    assert image.size == out.stat().st_size == image.virtual_size
+    # Sparse: the 16 MiB disk holds 2 MiB of data.
+    assert out.stat().st_blocks * 512 < 4 * images.MiB
+    # The original is gone; only the output is staged.
+    assert staging_files(imp) == {out.name}
+    # Introspection ran before, on the original.
+    for key, value in images.BENIGN[name].properties.items():
+        assert image.extra_properties[key] == value
+    # Percent done in the task message, ending at 100%.
+    messages = imp.task_repo.messages
+    assert messages[0] == ('Converting image from %s to raw: 0%% done'
+                           % declared)
+    assert messages[-1] == ('Converting image from %s to raw: 100%% done'
+                            % declared)
+
+
+def test_already_raw_is_not_copied(make_import):
+    imp = make_import('raw_gpt_esp')
+    inode = imp.staged.stat().st_ino
+    Record.seen.clear()
+    imp.run(PLUGINS, [Record()])
+    assert Record.seen == ['file://%s' % imp.staged]
+    assert imp.staged.stat().st_ino == inode
+    assert staging_files(imp) == {imp.staged.name}
+    assert imp.image.disk_format == 'raw'
+    assert imp.image.virtual_size == images.VIRTUAL_SIZE
+    assert 'img_original_disk_format' not in imp.image.extra_properties
+    assert imp.image.extra_properties['hw_firmware_type'] == 'uefi'
+    assert imp.task_repo.messages == []
+
+
+def test_iso_is_preserved(make_import):
+    imp = make_import('iso')
+    before = sha256(imp.staged)
+    Record.seen.clear()
+    imp.run(PLUGINS, [Record()])
+    assert Record.seen == ['file://%s' % imp.staged]
+    assert sha256(imp.staged) == before
+    assert imp.image.disk_format == 'iso'
+
+
+def test_iso_converted_when_not_preserved(make_import, conf, scratch):
+    conf.config(preserve_iso=False, group='format_conversion')
+    imp = make_import('iso')
+    imp.run(PLUGINS)
+    out = pathlib.Path('%s.raw' % imp.staged)
+    assert imp.image.disk_format == 'raw'
+    assert sha256(out) == sha256(qemu_convert(
+        imp.source, 'raw', scratch / 'iso.raw', 'raw'))
+
+
+def test_qcow2_output(make_import, conf, scratch):
+    conf.config(output_format='qcow2', group='format_conversion')
+    imp = make_import('vmdk_stream_lsilogic')
+    imp.run(PLUGINS)
+    out = pathlib.Path('%s.qcow2' % imp.staged)
+    assert imp.image.disk_format == 'qcow2'
+    assert inspection.inspect_file(str(out)).format == 'qcow2'
+    # Same guest data as the original.
+    assert sha256(qemu_convert(out, 'qcow2', scratch / 'a.raw', 'raw')) == \
+        sha256(qemu_convert(imp.source, 'vmdk', scratch / 'b.raw', 'raw'))
+
+
+def test_qcow2_input_with_qcow2_output_is_untouched(make_import, conf):
+    conf.config(output_format='qcow2', group='format_conversion')
+    imp = make_import('qcow2_compressed')
+    before = sha256(imp.staged)
+    imp.run(PLUGINS)
+    assert sha256(imp.staged) == before
+    assert staging_files(imp) == {imp.staged.name}
+
+
+# --- refusals -------------------------------------------------------------
+
+def assert_refused(imp, match: str, *, staged_kept: bool,
+                   status: str) -> None:
+    declared = imp.image.disk_format
+    before = sha256(imp.staged)
+    with pytest.raises(glance_exception.UploadException) as err:
+        imp.run(PLUGINS, [Record()])
+    assert match in str(err.value), str(err.value)
+    image = imp.image
+    assert image.status == status
+    assert image.disk_format == declared
+    assert image.extra_properties['os_glance_failed_import'] == FAILED
+    assert image.extra_properties['os_glance_importing_to_stores'] == ''
+    assert 'os_glance_import_task' not in image.extra_properties  # unlocked
+    assert 'img_original_disk_format' not in image.extra_properties
+    # Introspection's properties were taken back too.
+    assert not any(k.startswith(('vmware_', 'hw_'))
+                   for k in image.extra_properties)
+    if staged_kept:
+        assert staging_files(imp) == {imp.staged.name}
+        assert sha256(imp.staged) == before
+        if status == 'uploading':
+            # Staged again: the size is the staged file's.
+            assert image.size == imp.staged.stat().st_size
+    else:
+        assert staging_files(imp) == set()
+    return err.value
+
+
+@pytest.mark.parametrize('name', sorted(images.HOSTILE))
+def test_hostile_images_are_refused_by_name(make_import, name):
+    imp = make_import(name)
+    entry = images.HOSTILE[name]
+    if entry.format == 'unknown':
+        match = 'Image format could not be determined: format_detection ' \
+                '(several formats match: %s): refused' % ', '.join(
+                    entry.facts['matched_formats'])
+    else:
+        match = '%s image failed safety check %s (' % (
+            entry.format, sorted(entry.failures)[0])
+    exc = assert_refused(imp, match, staged_kept=False, status='queued')
+    assert str(exc).endswith(': refused')
+    for failure in entry.failures:
+        assert failure in str(exc)
+
+
+def test_declared_format_must_match(make_import):
+    imp = make_import('vmdk_sparse_ide', disk_format='qcow2')
+    assert_refused(imp, 'Image declared as disk_format qcow2 but its '
+                   'content is vmdk: refused', staged_kept=False,
+                   status='queued')
+
+
+def test_iso_declared_as_raw_is_refused(make_import):
+    imp = make_import('iso', disk_format='raw')
+    assert_refused(imp, 'declared as disk_format raw but its content is '
+                   'iso', staged_kept=False, status='queued')
+
+
+def test_format_not_allowed_keeps_the_staged_data(make_import, conf):
+    conf.config(allowed_input_formats=['raw', 'qcow2'],
+                group='format_conversion')
+    imp = make_import('vdi')
+    assert_refused(imp, 'Image format vdi is not allowed for import here '
+                   '(allowed: raw, qcow2): refused', staged_kept=True,
+                   status='uploading')
+
+
+def test_virtual_size_limit_then_retry(make_import, conf, scratch):
+    conf.config(max_virtual_size=8 * images.MiB, group='format_conversion')
+    imp = make_import('qcow2_v3')
+    assert_refused(imp, 'Image virtual size 16777216 bytes exceeds the '
+                   'limit of 8388608 bytes: refused', staged_kept=True,
+                   status='uploading')
+    # The operator raises the limit; the user runs image-import again.
+    conf.config(max_virtual_size=0, group='format_conversion')
+    imp.restart()
+    imp.run(PLUGINS)
+    assert imp.image.disk_format == 'raw'
+    assert sha256('%s.raw' % imp.staged) == expected_raw(imp, scratch)
+
+
+def test_bad_configuration_fails_the_task_not_get_flow(make_import, conf):
+    conf.config(allowed_input_formats=['qcow2', 'floppy'],
+                group='format_conversion')
+    imp = make_import('qcow2_v3')
+    assert format_conversion.get_flow(**imp.kwargs()) is not None
+    assert_refused(imp, 'Invalid configuration: [format_conversion] '
+                   'allowed_input_formats: unknown format floppy',
+                   staged_kept=True, status='uploading')
+
+
+def test_web_download_failure_leaves_the_image_queued(make_import, conf):
+    conf.config(max_virtual_size=1, group='format_conversion')
+    imp = make_import('qcow2_v3', import_method='web-download')
+    # Glance's web-download revert (not in this flow) removes the file.
+    assert_refused(imp, 'exceeds the limit', staged_kept=True,
+                   status='queued')
+
+
+def test_not_enough_space(make_import, monkeypatch):
+    # The staging filesystem is reported nearly full; the estimate for
+    # an uncompressed qcow2 (its allocated size, ~2 MiB) does not fit.
+    monkeypatch.setattr(format_conversion, 'free_bytes',
+                        lambda path: images.MiB)
+    imp = make_import('qcow2_v3')
+    exc = assert_refused(imp, 'Not enough space in %s for the converted '
+                         'image' % imp.staged.parent, staged_kept=True,
+                         status='uploading')
+    assert '1048576 free' in str(exc)
+
+
+def _wrapper(tmp_path: pathlib.Path, body: str) -> str:
+    """A qemu-img that misbehaves on convert (info stays real)."""
+    path = tmp_path / 'qemu-img'
+    path.write_text('#!/bin/sh\nif [ "$1" = convert ]; then %s; fi\n'
+                    'exec qemu-img "$@"\n' % body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_hung_qemu_img_times_out(make_import, conf, monkeypatch, tmp_path):
+    monkeypatch.setattr(qemu_img, 'QEMU_IMG',
+                        _wrapper(tmp_path, 'exec sleep 60'))
+    conf.config(convert_timeout=1.0, group='format_conversion')
+    imp = make_import('qcow2_v3')
+    assert_refused(imp, 'qemu-img convert did not finish within 1.0 '
+                   'seconds', staged_kept=True, status='uploading')
+
+
+def test_killed_qemu_img(make_import, monkeypatch, tmp_path):
+    monkeypatch.setattr(qemu_img, 'QEMU_IMG',
+                        _wrapper(tmp_path, 'kill -9 $$'))
+    imp = make_import('vdi')
+    assert_refused(imp, 'qemu-img convert failed: qemu-img was killed by '
+                   'SIGKILL', staged_kept=True, status='uploading')
+
+
+def test_partial_output_is_removed(make_import, monkeypatch, tmp_path):
+    # qemu-img writes part of the output, then dies.
+    monkeypatch.setattr(qemu_img, 'QEMU_IMG', _wrapper(
+        tmp_path, 'for a; do out="$a"; done; head -c 1000000 /dev/urandom '
+        '> "$out"; exit 3'))
+    imp = make_import('qcow2_v2')
+    assert_refused(imp, 'qemu-img convert failed', staged_kept=True,
+                   status='uploading')
+
+
+# --- a later task fails -----------------------------------------------------
+
+def test_later_failure_after_conversion(make_import):
+    imp = make_import('vmdk_sparse_ide')
+    with pytest.raises(RuntimeError, match='store exploded'):
+        imp.run(PLUGINS, [Boom()])
+    image = imp.image
+    assert image.status == 'queued'
+    assert image.disk_format == 'vmdk'
+    assert 'img_original_disk_format' not in image.extra_properties
+    assert 'vmware_adaptertype' not in image.extra_properties
+    assert image.extra_properties['os_glance_failed_import'] == FAILED
+    # The output is removed; the original was removed when the conversion
+    # succeeded (Glance deletes only the path the flow hands on).
+    assert staging_files(imp) == set()
+
+
+def test_later_failure_without_conversion_keeps_staged_data(make_import):
+    imp = make_import('raw_plain')
+    with pytest.raises(RuntimeError):
+        imp.run(PLUGINS, [Boom()])
+    assert imp.image.status == 'uploading'
+    assert staging_files(imp) == {imp.staged.name}
+    imp.restart()
+    imp.run(PLUGINS)
+    assert imp.image.disk_format == 'raw'
+
+
+# --- progress ----------------------------------------------------------------
+
+def test_progress_save_errors_do_not_fail_the_conversion(make_import):
+    imp = make_import('qcow2_v3')
+    imp.task_repo.fail_saves = True
+    imp.run(PLUGINS)
+    assert imp.image.disk_format == 'raw'
+    assert imp.task_repo.messages == []
+
+
+def test_progress_is_throttled(make_import, conf):
+    conf.config(progress_interval=3600.0, group='format_conversion')
+    imp = make_import('qcow2_v3')
+    imp.run(PLUGINS)
+    # The first update and the forced final one; nothing in between.
+    assert imp.task_repo.messages == [
+        'Converting image from qcow2 to raw: 0% done',
+        'Converting image from qcow2 to raw: 100% done']
+
+
+# --- configuration and helpers --------------------------------------------
+
+def test_check_config(conf):
+    from oslo_config import cfg
+    assert format_conversion.check_config(cfg.CONF) == []
+    conf.config(allowed_input_formats=['qcow2', 'ploop'],
+                group='format_conversion')
+    [problem] = format_conversion.check_config(cfg.CONF)
+    assert 'allowed_input_formats: unknown format ploop' in problem
+
+
+def test_check_config_output_format(conf):
+    from oslo_config import cfg
+    conf.config(allowed_input_formats=[], group='format_conversion')
+    [problem] = format_conversion.check_config(cfg.CONF)
+    assert 'allowed_input_formats is empty' in problem
+
+
+def test_list_opts_help_shape():
+    [(group, opts)] = format_conversion.list_opts()
+    assert group == 'format_conversion'
+    for opt in opts:
+        assert 'Possible values:' in opt.help, opt.name
+        assert 'Related options:' in opt.help, opt.name
+
+
+@pytest.mark.parametrize('name, compressed', [
+    ('qcow2_v3', False), ('qcow2_compressed', True),
+    ('vmdk_stream_ide', True), ('vmdk_sparse_ide', False),
+    ('vdi', False), ('vhdx', False)])
+def test_space_estimate(corpus, name, compressed):
+    result = inspection.inspect_file(str(corpus.path(name)))
+    raw = format_conversion.estimate_output_bytes(result, 'raw')
+    if compressed:
+        # Compressed data can expand without bound: the virtual size.
+        assert raw == result.virtual_size
+    else:
+        assert raw == min(result.allocated_size, result.virtual_size)
+        assert raw < result.virtual_size
+    qcow2 = format_conversion.estimate_output_bytes(result, 'qcow2')
+    assert qcow2 > raw
+
+
+def test_output_is_sparse_on_disk(make_import):
+    imp = make_import('qcow2_v3')
+    imp.run(PLUGINS)
+    out = '%s.raw' % imp.staged
+    st = os.stat(out)
+    assert st.st_size == images.VIRTUAL_SIZE
+    assert st.st_blocks * 512 <= 3 * images.MiB
