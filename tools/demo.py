@@ -31,19 +31,23 @@ SHOWN = ('name', 'status', 'disk_format', 'container_format', 'size',
          'virtual_size', 'stores', 'checksum')
 
 RULES = textwrap.dedent('''\
-    # Demo rules for the property_injection plugin.
+    # Demo rules for the property_injection plugin
+    # (schema: etc/property-injection-rules.yaml.example).
+    version: 1
     rules:
       - name: provenance
         set:
-          imported_by_project: "{project_id}"
-          import_method: "{import_method}"
-          original_disk_format: "{original_disk_format}"
-      - name: vmware-guests-boot-on-scsi
+          imported_by: "${user_id}@${project_id}"
+          imported_via: "${import_method}"
+          img_source_format: "${original_disk_format}"
+        protect: [imported_*]
+      # A detected fact, which users cannot fake, drives this one.
+      - name: lsi-to-virtio-scsi
         match:
-          properties:
-            vmware_adaptertype: lsiLogic
-        default:
-          hw_qemu_guest_agent: "no"
+          facts:
+            vmware_adaptertype: [lsiLogic, lsiLogicsas]
+        set:
+          hw_scsi_model: virtio-scsi
 ''')
 
 

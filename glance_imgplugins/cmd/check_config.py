@@ -114,6 +114,13 @@ def _plugin_checks(get_flow: Callable[..., Any],
     if check is None:
         return []
     try:
+        # The plugin's own options, as Glance would have them registered.
+        for group, opts in getattr(module, 'list_opts', list)():
+            for opt in opts:
+                try:
+                    conf.register_opt(opt, group=group)
+                except cfg.DuplicateOptError:
+                    pass  # another definition of the same name already there
         return list(check(conf))
     except Exception as exc:
         return ['its configuration check crashed: %s' % exc]

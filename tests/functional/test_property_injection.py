@@ -49,9 +49,6 @@ CORE_FIELDS = frozenset([
     'created_at', 'updated_at', 'tags', 'self', 'file', 'schema', 'stores',
     'locations', 'direct_url'])
 
-# TEMP: image_introspection.check_config reads options it did not register
-# on check-config's ConfigOpts; re-enable once fixed.
-CHECK_CONFIG = False
 VMDK = 'vmdk_stream_lsilogic'
 QCOW2 = 'qcow2_v3'
 
@@ -77,8 +74,7 @@ def glance(glance_factory, tmp_path_factory):
             'image_conversion': {'output_format': 'raw'},
             # Admins are not skipped globally here: rules decide per role.
             'property_injection': {'rules_file': str(rules),
-                                   'ignore_user_roles': ''}},
-        check_config=CHECK_CONFIG)
+                                   'ignore_user_roles': ''}})
 
 
 def import_image(glance, token, entry, *props):
