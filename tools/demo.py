@@ -11,7 +11,6 @@ Usage: .venv/bin/python tools/demo.py [--workdir DIR] [--keep]
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -140,9 +139,13 @@ def main() -> int:
                 print('  !! expected status %s' % expected)
         print('\n== glance image-list')
         print(glance.glance('image-list').stdout)
-        print(json.dumps({'stores': {
-            name: sorted(p.name for p in glance.store_dir(name).iterdir())
-            for name in ('fast', 'cheap')}}, indent=2))
+        print('== what the file stores hold (size / allocated on disk)')
+        for name in ('fast', 'cheap'):
+            for path in sorted(glance.store_dir(name).iterdir()):
+                st = path.stat()
+                print('    %-6s %s  %6.1f MiB / %6.1f MiB' % (
+                    name, path.name, st.st_size / MiB,
+                    st.st_blocks * 512 / MiB))
     if not args.keep and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     print('\n== Glance stopped. %s' % ('All as expected.' if not failures
