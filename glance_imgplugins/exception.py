@@ -1,7 +1,7 @@
 """The package's one exception root and its message templates.
 
-Every error carries a ``msg_fmt`` template filled from keyword arguments, so the
-text a user reads is written in one place.  Plugins translate these at the task
+Every error carries a ``msg_fmt`` template filled from keyword arguments,
+so the text a user reads is written in one place.  Plugins translate these at the task
 edge into what Glance shows users (see ``glance_imgplugins.plugins.base``).
 """
 
@@ -67,8 +67,8 @@ class FormatNotAllowed(ImageRejected):
 
 
 class VirtualSizeTooLarge(ImageRejected):
-    msg_fmt = ("Image virtual size %(virtual_size)d bytes exceeds the limit of "
-               "%(limit)d bytes: refused")
+    msg_fmt = ("Image virtual size %(virtual_size)d bytes exceeds the "
+               "limit of %(limit)d bytes: refused")
 
 
 class ForbiddenProperty(ImageRejected):

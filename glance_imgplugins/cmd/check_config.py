@@ -22,7 +22,7 @@ from oslo_config import cfg
 
 PLUGIN_NAMESPACE = 'glance.image_import.plugins'
 STORE_NAMESPACE = 'glance_store.drivers'
-# Glance reads these from its config dir, in this order (glance.common.wsgi_app).
+# Glance reads these from its config dir in this order (its wsgi_app).
 CONFIG_FILES = ('glance-image-import.conf', 'glance-api.conf')
 
 # Only the Glance options this check reads, declared with Glance's types so
@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         conf = load_conf(files)
         # Parse errors surface when a value is first read.
-        conf.image_import_opts.image_import_plugins
-        conf.enabled_backends
+        _ = (conf.image_import_opts.image_import_plugins,
+             conf.enabled_backends)
     except (cfg.Error, ValueError) as exc:
         print('ERROR  cannot read %s: %s' % (', '.join(files), exc),
               file=sys.stderr)
