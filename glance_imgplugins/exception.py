@@ -1,8 +1,9 @@
 """The package's one exception root and its message templates.
 
 Every error carries a ``msg_fmt`` template filled from keyword arguments,
-so the text a user reads is written in one place.  Plugins translate these at the task
-edge into what Glance shows users (see ``glance_imgplugins.plugins.base``).
+so the text a user reads is written in one place.  Plugins translate these
+at the task edge into what Glance shows users (see
+``glance_imgplugins.plugins.base``).
 """
 
 from __future__ import annotations
