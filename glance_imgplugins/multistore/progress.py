@@ -233,14 +233,13 @@ class Watcher:
             phase = 'finished'
         elif percent is not None and percent < 100:
             phase = 'converting'
-        elif image.get('status') in ('uploading', 'queued') and not importing:
+        elif not self._flow_started:
             phase = 'queued'
         else:
             phase = 'storing'
 
-        remaining = [s for s in self.order
-                     if s not in held and s not in failed
-                     and (s in importing or not ended)]
+        remaining = [s for s in self.order if s in importing
+                     and s not in held and s not in failed]
         current = None
         if phase == 'storing' and remaining and not self.parallel:
             current = remaining[0]
@@ -261,7 +260,7 @@ class Watcher:
                     'Glance marked the store failed'))
             elif ended:
                 if name in importing:
-                    detail = ('import stopped before this store was written'
+                    detail = ('import failed before this store finished'
                               if task_status == 'failure' else
                               'not written')
                 elif task_status == 'failure':
@@ -270,6 +269,12 @@ class Watcher:
                     detail = 'not in the image locations'
                 result.append(StoreProgress(name, StoreState.FAILED, None,
                                             detail))
+            elif self._flow_started and name not in importing:
+                # Glance drops a store from the importing list only with
+                # the same save that adds its location or marks it failed:
+                # neither here means a revert removed what it wrote.
+                result.append(StoreProgress(name, StoreState.FAILED, None,
+                                            'written, then rolled back'))
             elif phase == 'storing' and (self.parallel or name == current):
                 result.append(StoreProgress(name, StoreState.IMPORTING,
                                             self._bytes.get(name)))
