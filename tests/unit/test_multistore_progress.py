@@ -269,3 +269,22 @@ def test_staging_progress() -> None:
         12 * MiB, 24 * MiB)
     assert watcher.last is progress
     assert not progress.finished
+
+
+def test_conversion_replay() -> None:
+    """format_conversion (progress_interval 0) turning a qcow2 into raw,
+    then Glance writing fast and cheap."""
+    snaps = recording('serial_conversion')
+    seen = replay(Watcher(image_id(snaps), ['fast', 'cheap']), snaps)
+    converting = [p for p in seen if p.phase == 'converting']
+    assert [p.conversion_percent for p in converting] == [0.0, 84.0]
+    for progress in converting:
+        assert states(progress) == {'fast': 'waiting', 'cheap': 'waiting'}
+    # 100% done: the plugin set raw and the new size; fast is written.
+    at_100 = next(p for p in seen if p.conversion_percent == 100.0)
+    assert at_100.phase == 'storing'
+    assert states(at_100) == {'fast': 'importing', 'cheap': 'waiting'}
+    final = seen[-1]
+    assert final.outcome is Outcome.SUCCESS
+    assert [s.bytes for s in final.stores] == [512 * MiB, 512 * MiB]
+    assert snaps[-1]['image']['disk_format'] == 'raw'
