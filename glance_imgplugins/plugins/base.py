@@ -192,20 +192,35 @@ def staged_path(file_path: str) -> str:
     return file_path
 
 
+#: Import methods whose own download task runs before the plugins and, on
+#: revert, sets the image ``queued`` and removes the staged data itself.
+#: Setting ``queued`` before it would make its revert fail ("queued to queued
+#: is not allowed") and the user read "Internal Error".
+DOWNLOAD_METHODS = ('web-download', 'glance-download')
+
+
+def revert_status(import_method: str | None, retry: bool) -> str | None:
+    """The status a failing plugin's revert gives the image (None: leave it
+    to the download task's revert)."""
+    if import_method in DOWNLOAD_METHODS:
+        return None
+    return 'uploading' if retry else 'queued'
+
+
 def fail_import(action: Any, stores: Sequence[str | None], *,
-                status: str = 'queued',
+                status: str | None = 'queued',
                 restore: Mapping[str, Any] | None = None) -> None:
     """Put the image back after a failed import, inside ``with action``.
 
     Every requested store leaves "importing" and is listed as failed (none of
     the ``_ImportToStore`` tasks, which run after the plugins, wrote it).
     ``status`` is ``queued``, or ``uploading`` when the staged data was kept
-    for a glance-direct retry: Glance 33 only imports an ``uploading`` image
-    with glance-direct.  ``restore`` resets attributes (e.g. the original
+    for a glance-direct retry (Glance 33 only imports an ``uploading`` image
+    with glance-direct), or None to leave it (see :func:`revert_status`).  ``restore`` resets attributes (e.g. the original
     disk_format); it is applied after the status, because moving to
     ``queued`` clears size and virtual_size.
     """
-    if action.image_status != status:
+    if status is not None and action.image_status != status:
         # Glance allows importing -> queued -> uploading, not importing ->
         # uploading directly.
         if status == 'uploading' and action.image_status != 'queued':

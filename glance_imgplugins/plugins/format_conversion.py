@@ -540,7 +540,8 @@ class _ConvertImage(task.Task):
             if retry and src:
                 restore['size'] = os.stat(src).st_size
             base.fail_import(action, self.stores,
-                             status='uploading' if retry else 'queued',
+                             status=base.revert_status(self.import_method,
+                                                       retry),
                              restore=restore)
             if self._recorded_original:
                 action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)

@@ -225,12 +225,14 @@ def test_bad_configuration_fails_the_task_not_get_flow(make_import, conf):
                    staged_kept=True, status='uploading')
 
 
-def test_web_download_failure_leaves_the_image_queued(make_import, conf):
+def test_web_download_failure_leaves_the_status_to_its_task(make_import,
+                                                            conf):
     conf.config(max_virtual_size=1, group='format_conversion')
     imp = make_import('qcow2_v3', import_method='web-download')
-    # Glance's web-download revert (not in this flow) removes the file.
+    # Glance's web-download task (not in this flow) reverts after us: it sets
+    # queued (it fails on queued -> queued) and removes the staged file.
     assert_refused(imp, 'exceeds the limit', staged_kept=True,
-                   status='queued')
+                   status='importing')
 
 
 def test_not_enough_space(make_import, monkeypatch):
