@@ -551,3 +551,21 @@ if pytest is not None:
             yield cluster
         finally:
             cluster.stop()
+
+    @pytest.fixture(scope='session')
+    def ceph_bluestore_cluster(tmp_path_factory: Any
+                               ) -> Iterator[CephCluster]:
+        """A bluestore cluster (sparse 4 GiB file) with pool ``images``: its
+        OSD counters measure the bytes really stored (``stored_bytes()``)."""
+        reason = missing_prerequisites()
+        if reason:
+            pytest.skip('CEPH TESTS SKIPPED: ' + reason)
+        cluster = CephCluster(tmp_path_factory.mktemp('ceph-bluestore'),
+                              name='bluestore', objectstore='bluestore',
+                              bluestore_bytes=4 * _GiB)
+        try:
+            cluster.start()
+            cluster.create_pool('images')
+            yield cluster
+        finally:
+            cluster.stop()
