@@ -1,0 +1,247 @@
+"""Store ``add()`` of a sparse raw image: upstream ``rbd`` vs ``rbd_sparse``.
+
+One run, one cluster (one mon + one OSD, bluestore on a sparse file, started
+by tests.support.ceph_cluster), one source file: a raw image (default 1 GiB)
+with 25% of its bytes in scattered random islands (4 KiB-aligned, sizes
+log-uniform from 4 KiB to 16 MiB).  Each store is loaded through
+glance_store's multi-store API and given the file the way Glance does
+(``store_add_to_backend_with_multihash``, md5 + sha512).  Reported: wall time
+(best of --repeat), the bytes the OSD allocated for the image (bluestore
+counters, 4 KiB units), and as references the time to only read and hash
+the stream (md5 then sha512 on one thread, as upstream does; and the two in
+parallel threads).
+
+    .venv/bin/python benchmarks/bench_rbd_store.py [--size-mib 1024]
+        [--density 0.25] [--repeat 3] [--workdir DIR] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from glance_store import location as gs_location  # noqa: E402
+from glance_store import multi_backend  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+
+from glance_imgplugins.stores.rbd_sparse import _HashThread  # noqa: E402
+from tests.support.ceph_cluster import CephCluster  # noqa: E402
+
+KiB = 1024
+MiB = 1024 * KiB
+READ = 8 * MiB
+
+STORES: dict[str, tuple[str, dict[str, Any]]] = {
+    'rbd (thin off)': ('rbd', {}),
+    'rbd (thin on)': ('rbd', {'rbd_thin_provisioning': True}),
+    'rbd_sparse': ('rbd_sparse', {}),
+    'rbd_sparse 4k': ('rbd_sparse', {'rbd_sparse_granularity': 4096}),
+}
+
+
+def build_source(path: str, size: int, density: float, seed: int = 1
+                 ) -> int:
+    """Write the sparse source; return its non-zero byte count."""
+    rng = random.Random(seed)
+    data = 0
+    with open(path, 'wb') as f:
+        f.truncate(size)
+        offset = 0
+        while True:
+            island = int(math.exp(rng.uniform(math.log(4 * KiB),
+                                              math.log(16 * MiB))))
+            island = max(4 * KiB, island // (4 * KiB) * (4 * KiB))
+            gap = int(island * (1 - density) / density
+                      * rng.uniform(0.5, 1.5)) // (4 * KiB) * (4 * KiB)
+            offset += gap
+            if offset + island > size:
+                break
+            f.seek(offset)
+            f.write(rng.randbytes(island))
+            data += island
+            offset += island
+    return data
+
+
+def hash_alone(path: str, parallel: bool) -> float:
+    """Read the file and hash it: one thread (upstream's way), or md5 and
+    sha512 each in its own thread (rbd_sparse's way), fed as it is read."""
+    started = time.perf_counter()
+    md5, sha = hashlib.md5(), hashlib.sha512()
+    with open(path, 'rb') as f:
+        if not parallel:
+            for chunk in iter(lambda: f.read(READ), b''):
+                md5.update(chunk)
+                sha.update(chunk)
+        else:
+            threads = [_HashThread(n, [h.update], depth=4)
+                       for n, h in (('md5', md5), ('sha512', sha))]
+            for t in threads:
+                t.start()
+            for chunk in iter(lambda: f.read(READ), b''):
+                for t in threads:
+                    t.feed(chunk)
+            for t in threads:
+                t.finish()
+    return time.perf_counter() - started
+
+
+def load_stores(workdir: str, cluster: CephCluster) -> dict[str, Any]:
+    names = {label: 'b%d' % i for i, label in enumerate(STORES)}
+    lines = ['[DEFAULT]', 'enabled_backends = ' + ', '.join(
+        '%s:%s' % (names[label], driver)
+        for label, (driver, _) in STORES.items()),
+        '[glance_store]', 'default_backend = b0']
+    for label, (_, extra) in STORES.items():
+        lines.append('[%s]' % names[label])
+        opts = cluster.store_options('images', **extra)
+        lines += ['%s = %s' % kv for kv in opts.items()]
+    path = os.path.join(workdir, 'stores.conf')
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.DictOpt('enabled_backends'))
+    conf(args=[], default_config_files=[path])
+    multi_backend.register_store_opts(conf)
+    multi_backend.create_multi_stores(conf)
+    result = {}
+    for label, (driver, _) in STORES.items():
+        entry = gs_location.SCHEME_TO_CLS_BACKEND_MAP[driver][names[label]]
+        result[label] = (names[label], entry['store'], conf)
+    return result
+
+
+def add_once(store: Any, backend: str, conf: Any, path: str, size: int,
+             cluster: CephCluster) -> tuple[float, int, str]:
+    image_id = str(uuid.uuid4())
+    _, before = cluster.stored_bytes()
+    with open(path, 'rb') as f:
+        started = time.perf_counter()
+        uri, written, md5, _, _ = (
+            multi_backend.store_add_to_backend_with_multihash(
+                image_id, f, size, 'sha512', store))
+        elapsed = time.perf_counter() - started
+    assert written == size
+    _, after = cluster.stored_bytes()
+    loc = gs_location.get_location_from_uri_and_backend(uri, backend,
+                                                        conf=conf)
+    store.delete(loc)
+    return elapsed, after - before, md5
+
+
+def machine() -> dict[str, Any]:
+    cpu = ''
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    with open('/proc/meminfo') as f:
+        mem_kib = int(f.readline().split()[1])
+    ceph = subprocess.run(['ceph', '--version'], capture_output=True,
+                          text=True).stdout.strip()
+    return {'cpu': cpu, 'cores': os.cpu_count(),
+            'ram_gib': round(mem_kib / MiB, 1),
+            'kernel': platform.release(), 'python': platform.python_version(),
+            'ceph': ceph.split('(')[0].strip()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--size-mib', type=int, default=1024)
+    parser.add_argument('--density', type=float, default=0.25)
+    parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--workdir')
+    parser.add_argument('--json')
+    args = parser.parse_args(argv)
+    workdir = args.workdir or tempfile.mkdtemp(prefix='bench-rbd-')
+    os.makedirs(workdir, exist_ok=True)
+    size = args.size_mib * MiB
+    src = os.path.join(workdir, 'src.raw')
+    data = build_source(src, size, args.density)
+    hash_alone(src, False)  # warm the page cache
+    print('source: %d MiB virtual, %.1f MiB data (%.1f%%) in islands'
+          % (args.size_mib, data / MiB, 100 * data / size), flush=True)
+
+    cluster = CephCluster(os.path.join(workdir, 'ceph'), name='bench',
+                          objectstore='bluestore',
+                          bluestore_bytes=max(8 * 1024 * MiB, 4 * size))
+    results: dict[str, dict[str, float]] = {}
+    try:
+        cluster.start()
+        cluster.create_pool('images')
+        stores = load_stores(workdir, cluster)
+        expected_md5 = None
+        for _ in range(args.repeat):
+            for label, fn in (('hash alone (md5+sha512, one thread)',
+                               lambda: hash_alone(src, False)),
+                              ('hash alone (md5 | sha512, two threads)',
+                               lambda: hash_alone(src, True))):
+                t = fn()
+                r = results.setdefault(label, {'seconds': t, 'stored': 0})
+                r['seconds'] = min(r['seconds'], t)
+            for label, (backend, store, conf) in stores.items():
+                t, stored, md5 = add_once(store, backend, conf, src, size,
+                                          cluster)
+                expected_md5 = expected_md5 or md5
+                assert md5 == expected_md5, label
+                r = results.setdefault(label, {'seconds': t,
+                                               'stored': stored})
+                r['seconds'] = min(r['seconds'], t)
+                print('  %-40s %7.2f s  %8.1f MiB stored'
+                      % (label, t, stored / MiB), flush=True)
+    finally:
+        cluster.stop()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    report(results, data, size)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'machine': machine(), 'size': size, 'data': data,
+                       'repeat': args.repeat, 'results': results}, f,
+                      indent=2)
+    return 0
+
+
+def report(results: dict[str, dict[str, float]], data: int,
+           size: int) -> None:
+    info = machine()
+    print('\nmachine: %(cpu)s, %(cores)s cores, %(ram_gib)s GiB RAM, '
+          'Python %(python)s, %(ceph)s' % info)
+    print('%-40s %9s %10s %9s' % ('', 'best s', 'MiB/s', 'stored/data'))
+    for label, r in results.items():
+        stored = ('%9.3f' % (r['stored'] / data)) if r['stored'] else ''
+        print('%-40s %9.2f %10.0f %s' % (label, r['seconds'],
+                                         size / MiB / r['seconds'], stored))
+
+    def ratio(a: str, b: str) -> float:
+        return results[a]['seconds'] / results[b]['seconds']
+
+    print('\nrbd (thin on) / rbd_sparse:                 %.2fx'
+          % ratio('rbd (thin on)', 'rbd_sparse'))
+    print('rbd (thin off) / rbd_sparse:                %.2fx'
+          % ratio('rbd (thin off)', 'rbd_sparse'))
+    print('rbd_sparse / hash alone (one thread):       %.2fx'
+          % ratio('rbd_sparse', 'hash alone (md5+sha512, one thread)'))
+    print('rbd_sparse / hash alone (two threads):      %.2fx'
+          % ratio('rbd_sparse', 'hash alone (md5 | sha512, two threads)'))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
