@@ -332,7 +332,10 @@ class Store(upstream.Store):
                         [verifier.update] if verifier else [], loc.snapshot)
                 except BaseException as exc:
                     self._discard(ioctx, image_name, conn)
-                    raise self._translate(exc, image_name, conn) from exc
+                    translated = self._translate(exc, image_name, conn)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
 
         # Add store backend information to location metadata
         metadata: dict[str, str] = {}
