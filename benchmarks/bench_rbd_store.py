@@ -11,8 +11,16 @@ counters, 4 KiB units), and as references the time to only read and hash
 the stream (md5 then sha512 on one thread, as upstream does; and the two in
 parallel threads).
 
+With ``--glance``, also (b): the whole import of a qcow2 (default 4 GiB
+virtual, 256 MiB of data) through a real Glance 33 with our
+``image_introspection`` + ``format_conversion`` plugins (converted to raw),
+into an ``rbd`` store (thin off, thin on) and an ``rbd_sparse`` store of the
+same cluster: wall time from ``glance image-create-via-import`` until the
+import finished, and the bytes stored.
+
     .venv/bin/python benchmarks/bench_rbd_store.py [--size-mib 1024]
         [--density 0.25] [--repeat 3] [--workdir DIR] [--json OUT]
+        [--glance [--glance-virtual-mib 4096 --glance-data-mib 256]]
 """
 
 from __future__ import annotations
@@ -144,6 +152,68 @@ def add_once(store: Any, backend: str, conf: Any, path: str, size: int,
     return elapsed, after - before, md5
 
 
+def glance_import(workdir: str, cluster: CephCluster, virtual_mib: int,
+                  data_mib: int, repeat: int) -> dict[str, dict[str, float]]:
+    """(b): whole imports through a real Glance; label -> best seconds."""
+    from tests.support.glance_server import (
+        MEMBER_TOKEN, GlanceServer, parse_table)
+
+    raw = os.path.join(workdir, 'glance-src.raw')
+    size = virtual_mib * MiB
+    data = build_source(raw, size, data_mib / virtual_mib, seed=2)
+    qcow2 = os.path.join(workdir, 'glance-src.qcow2')
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
+                    qcow2], check=True)
+    os.unlink(raw)
+    print('(b) qcow2: %d MiB virtual, %.1f MiB data, %.1f MiB file'
+          % (virtual_mib, data / MiB, os.path.getsize(qcow2) / MiB),
+          flush=True)
+    stores = {'rbd_thin_off': ('rbd', cluster.store_options('images')),
+              'rbd_thin_on': ('rbd', cluster.store_options(
+                  'images', rbd_thin_provisioning=True)),
+              'rbd_sparse': ('rbd_sparse', cluster.store_options('images'))}
+    server = GlanceServer(os.path.join(workdir, 'glance'), stores=stores,
+                          plugins=['image_introspection',
+                                   'format_conversion'])
+    results: dict[str, dict[str, float]] = {}
+    server.start()
+    try:
+        for _ in range(repeat):
+            for name in stores:
+                _, before = cluster.stored_bytes()
+                started = time.perf_counter()
+                out = server.glance(
+                    'image-create-via-import', '--name', name,
+                    '--disk-format', 'qcow2', '--container-format', 'bare',
+                    '--stores', name, '--file', qcow2, token=MEMBER_TOKEN,
+                    timeout=1800)
+                image_id = parse_table(out.stdout)['id']
+                image = server.wait_for_import(image_id, timeout=1800)
+                elapsed = time.perf_counter() - started
+                _, after = cluster.stored_bytes()
+                if image['status'] != 'active' or image['stores'] != name:
+                    raise RuntimeError('import into %s failed: %s' % (
+                        name, server.last_task_message(image_id)))
+                server.glance('image-delete', image_id, token=MEMBER_TOKEN)
+                label = 'import qcow2 -> raw -> %s' % name
+                r = results.setdefault(label, {'seconds': elapsed,
+                                               'stored': after - before,
+                                               'data': data})
+                r['seconds'] = min(r['seconds'], elapsed)
+                print('  %-40s %7.2f s  %8.1f MiB stored'
+                      % (label, elapsed, (after - before) / MiB), flush=True)
+    finally:
+        server.stop()
+    best_upstream = min(results['import qcow2 -> raw -> rbd_thin_off'],
+                        results['import qcow2 -> raw -> rbd_thin_on'],
+                        key=lambda r: r['seconds'])['seconds']
+    sparse = results['import qcow2 -> raw -> rbd_sparse']
+    print('(b) upstream best / rbd_sparse: %.2fx; rbd_sparse stored/data '
+          '%.3f' % (best_upstream / sparse['seconds'],
+                    sparse['stored'] / data))
+    return results
+
+
 def machine() -> dict[str, Any]:
     cpu = ''
     with open('/proc/cpuinfo') as f:
@@ -168,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--workdir')
     parser.add_argument('--json')
+    parser.add_argument('--glance', action='store_true',
+                        help='also time whole imports through Glance (b)')
+    parser.add_argument('--glance-virtual-mib', type=int, default=4096)
+    parser.add_argument('--glance-data-mib', type=int, default=256)
     args = parser.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix='bench-rbd-')
     os.makedirs(workdir, exist_ok=True)
@@ -182,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                           objectstore='bluestore',
                           bluestore_bytes=max(8 * 1024 * MiB, 4 * size))
     results: dict[str, dict[str, float]] = {}
+    glance_results: dict[str, dict[str, float]] = {}
     try:
         cluster.start()
         cluster.create_pool('images')
@@ -205,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                 r['seconds'] = min(r['seconds'], t)
                 print('  %-40s %7.2f s  %8.1f MiB stored'
                       % (label, t, stored / MiB), flush=True)
+        if args.glance:
+            glance_results = glance_import(
+                workdir, cluster, args.glance_virtual_mib,
+                args.glance_data_mib, max(1, args.repeat // 2))
     finally:
         cluster.stop()
         if not args.workdir:
@@ -214,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'machine': machine(), 'size': size, 'data': data,
-                       'repeat': args.repeat, 'results': results}, f,
-                      indent=2)
+                       'repeat': args.repeat, 'results': results,
+                       'glance_import': glance_results}, f, indent=2)
     return 0
 
 
