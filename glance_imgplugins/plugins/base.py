@@ -216,9 +216,10 @@ def fail_import(action: Any, stores: Sequence[str | None], *,
     the ``_ImportToStore`` tasks, which run after the plugins, wrote it).
     ``status`` is ``queued``, or ``uploading`` when the staged data was kept
     for a glance-direct retry (Glance 33 only imports an ``uploading`` image
-    with glance-direct), or None to leave it (see :func:`revert_status`).  ``restore`` resets attributes (e.g. the original
-    disk_format); it is applied after the status, because moving to
-    ``queued`` clears size and virtual_size.
+    with glance-direct), or None to leave it (see :func:`revert_status`).
+    ``restore`` resets attributes (e.g. the original disk_format); it is
+    applied after the status, because moving to ``queued`` clears size and
+    virtual_size.
     """
     if status is not None and action.image_status != status:
         # Glance allows importing -> queued -> uploading, not importing ->

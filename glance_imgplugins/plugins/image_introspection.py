@@ -106,6 +106,15 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
 
 def check_config(conf: cfg.ConfigOpts) -> list[str]:
     """Problems with this plugin's configuration, for ``check-config``."""
+    # Each option on its own first, so every bad value is reported at once.
+    bad = []
+    for opt in introspection_opts:
+        try:
+            getattr(conf[GROUP], opt.dest)
+        except (cfg.Error, ValueError) as exc:
+            bad.append('[%s] %s: %s' % (GROUP, opt.dest, exc))
+    if bad:
+        return bad
     try:
         load_settings(conf)
     except exception.ConfigError as exc:
@@ -201,8 +210,8 @@ class _Introspect(task.Task):
 
 def get_flow(**kwargs: Any) -> lf.Flow:
     """The plugin's flow; never raises (a bad option fails the task)."""
-    task_id = kwargs.get('task_id')
-    task_type = kwargs.get('task_type')
+    task_id = str(kwargs.get('task_id'))
+    task_type = str(kwargs.get('task_type'))
     action_wrapper = kwargs.get('action_wrapper')
     config = base.DeferredConfig.load(lambda: load_settings(cfg.CONF))
     return lf.Flow(task_type).add(
