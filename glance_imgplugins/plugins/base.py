@@ -256,10 +256,11 @@ class TaskMessage:
         self._lock = threading.Lock()
 
     def update(self, text: str, force: bool = False) -> bool:
-        """Save ``text`` as the task message unless one was saved recently."""
+        """Save ``text`` as the task message unless it is the one saved last
+        or (without ``force``) one was saved less than min_interval ago."""
         with self._lock:
             now = self.clock()
-            if text == self._last_text and not force:
+            if text == self._last_text:
                 return False
             if (not force and self._last_save is not None
                     and now - self._last_save < self.min_interval):
@@ -280,3 +281,52 @@ class TaskMessage:
             self._last_save = now
             self._last_text = text
             return True
+
+
+class PercentMessage:
+    """"<label>: N% done, T s elapsed" in the task message while work runs.
+
+    ``progress(percent)`` is called by the work (qemu-img reports whole
+    percents only: on a large image one percent can take a minute), and a
+    heartbeat thread refreshes the message every ``interval`` seconds
+    meanwhile, so the message a user polls is never older than that.
+    Use as a context manager around the work; ``done()`` forces 100%.
+    """
+
+    def __init__(self, message: TaskMessage, label: str, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.message = message
+        self.label = label
+        self.interval = max(interval, 0.5)
+        self.clock = clock
+        self.percent = 0.0
+        self._start = clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name='task-message-heartbeat')
+
+    def text(self) -> str:
+        return '%s: %d%% done, %d s elapsed' % (
+            self.label, int(self.percent), self.clock() - self._start)
+
+    def progress(self, percent: float) -> None:
+        self.percent = percent
+        self.message.update(self.text())
+
+    def done(self) -> None:
+        self.percent = 100.0
+        self.message.update(self.text(), force=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.message.update(self.text())
+
+    def __enter__(self) -> 'PercentMessage':
+        self._start = self.clock()
+        self.message.update(self.text(), force=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

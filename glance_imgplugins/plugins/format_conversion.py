@@ -196,11 +196,14 @@ Related options:
                  help="""
 Seconds between updates of the import task's message while converting.
 
-Users see the percentage done in ``glance image-tasks`` and
-``GET /v2/images/{id}/tasks``; each update is one database write.
+Users see the percentage done and the time elapsed in ``glance
+image-tasks`` and ``GET /v2/images/{id}/tasks``; the message is refreshed
+at this interval even while the percentage does not move (qemu-img reports
+whole percents).  Each update is one database write.
 
 Possible values:
-    * A number of seconds, 0 to update on every percent (default 2)
+    * A number of seconds (default 2); 0 updates on every percent, with
+      the refresh every half second
 
 Related options:
     * None
@@ -469,18 +472,16 @@ class _ConvertImage(task.Task):
         message = base.TaskMessage(self.task_repo, self.task_id,
                                    settings.progress_interval)
         label = 'Converting image from %s to %s' % (declared, target)
-        message.update('%s: 0%% done' % label, force=True)
-
-        def progress(percent: float) -> None:
-            message.update('%s: %d%% done' % (label, int(percent)))
-
         try:
-            qemu_img.convert(src, _qemu_source_format(declared), dest, target,
-                             settings.convert_limits, progress=progress)
+            with base.PercentMessage(message, label,
+                                     settings.progress_interval) as shown:
+                qemu_img.convert(src, _qemu_source_format(declared), dest,
+                                 target, settings.convert_limits,
+                                 progress=shown.progress)
+                shown.done()
         except BaseException:
             _remove(dest)
             raise
-        message.update('%s: 100%% done' % label, force=True)
 
         out = inspection.inspect_file(dest, settings.vmdk_allowed_types)
         failures = fatal_failures(out, settings.gpt_nonfatal)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import stat
 
 import pytest
@@ -70,10 +71,10 @@ def test_converts_to_raw_like_qemu_img(make_import, scratch, name):
         assert image.extra_properties[key] == value
     # Percent done in the task message, ending at 100%.
     messages = imp.task_repo.messages
-    assert messages[0] == ('Converting image from %s to raw: 0%% done'
-                           % declared)
-    assert messages[-1] == ('Converting image from %s to raw: 100%% done'
-                            % declared)
+    assert re.fullmatch(r'Converting image from %s to raw: 0%% done, \d+ s '
+                        r'elapsed' % declared, messages[0]), messages
+    assert re.fullmatch(r'Converting image from %s to raw: 100%% done, \d+ '
+                        r's elapsed' % declared, messages[-1]), messages
 
 
 def test_already_raw_is_not_copied(make_import):
@@ -326,9 +327,26 @@ def test_progress_is_throttled(make_import, conf):
     imp = make_import('qcow2_v3')
     imp.run(PLUGINS)
     # The first update and the forced final one; nothing in between.
-    assert imp.task_repo.messages == [
+    assert [m.split(',')[0] for m in imp.task_repo.messages] == [
         'Converting image from qcow2 to raw: 0% done',
         'Converting image from qcow2 to raw: 100% done']
+
+
+def test_message_refreshed_while_percent_stands_still(make_import, conf,
+                                                      monkeypatch, tmp_path):
+    # qemu-img that takes 2.5 s before converting (as one slow percent of a
+    # big image would): the heartbeat still refreshes the message.
+    monkeypatch.setattr(qemu_img, 'QEMU_IMG',
+                        _wrapper(tmp_path, 'sleep 2.5'))
+    conf.config(progress_interval=0.5, group='format_conversion')
+    imp = make_import('qcow2_v3')
+    imp.run(PLUGINS)
+    stalled = [m for m in imp.task_repo.messages if ': 0% done' in m]
+    # One save per elapsed second (the same text is never saved twice).
+    assert len(stalled) >= 3, imp.task_repo.messages
+    assert stalled[-1].endswith((', 2 s elapsed', ', 3 s elapsed'))
+    assert len(set(imp.task_repo.messages)) == len(imp.task_repo.messages)
+    assert imp.image.disk_format == 'raw'
 
 
 # --- configuration and helpers --------------------------------------------
