@@ -42,8 +42,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C: we stopped watching, the import goes on
 
 _COPIED_RE = re.compile(r'^Copied (\d+) MiB$')
 # The conversion percent our format_conversion plugin reports:
-# "Converting image from qcow2 to raw: 42% done".
-_PERCENT_RE = re.compile(r'(\d{1,3}(?:\.\d+)?)% done$')
+# "Converting image from qcow2 to raw: 42% done, 12 s elapsed".
+_PERCENT_RE = re.compile(r': (\d{1,3}(?:\.\d+)?)% done(?:,|$)')
 
 
 class StoreState(str, enum.Enum):

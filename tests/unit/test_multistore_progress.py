@@ -60,13 +60,15 @@ def test_copied_bytes(message: str | None, expected: int | None) -> None:
 
 
 @pytest.mark.parametrize('message, expected', [
-    # format_conversion's own wording (plugins/format_conversion.py).
-    ('Converting image from qcow2 to raw: 0% done', 0.0),
+    # format_conversion's own wording (plugins/base.py PercentMessage).
+    ('Converting image from qcow2 to raw: 0% done, 0 s elapsed', 0.0),
+    ('Converting image from qcow2 to raw: 42% done, 12 s elapsed', 42.0),
+    ('Converting image from vmdk to raw: 100% done, 95 s elapsed', 100.0),
+    # ... and its earlier wording, without the elapsed time.
     ('Converting image from qcow2 to raw: 42% done', 42.0),
-    ('Converting image from vmdk to raw: 100% done', 100.0),
     ('Copied 24 MiB', None),
     ('Image refused: 50% of something', None),
-    ('Converting image from qcow2 to raw: 420% done', None),
+    ('Converting image from qcow2 to raw: 420% done, 1 s elapsed', None),
 ])
 def test_conversion_percent(message: str, expected: float | None) -> None:
     assert prog.parse_conversion_percent(message) == expected
@@ -238,14 +240,14 @@ def test_conversion_phase_keeps_every_store_waiting() -> None:
     snaps = recording('serial_allow_failure')
     watcher = Watcher(image_id(snaps), THREE)
     converting = _with_message(
-        snaps[1], 'Converting image from qcow2 to raw: 42% done')
+        snaps[1], 'Converting image from qcow2 to raw: 42% done, 3 s elapsed')
     progress = watcher.update(converting['image'], converting['tasks'], 3)
     assert progress.phase == 'converting'
     assert progress.conversion_percent == 42.0
     assert set(states(progress).values()) == {'waiting'}
     # 100% done: conversion over, the first store is being written.
     done = _with_message(
-        snaps[1], 'Converting image from qcow2 to raw: 100% done')
+        snaps[1], 'Converting image from qcow2 to raw: 100% done, 9 s elapsed')
     progress = watcher.update(done['image'], done['tasks'], 9)
     assert progress.phase == 'storing'
     assert states(progress)['fast'] == 'importing'
@@ -277,7 +279,8 @@ def test_conversion_replay() -> None:
     snaps = recording('serial_conversion')
     seen = replay(Watcher(image_id(snaps), ['fast', 'cheap']), snaps)
     converting = [p for p in seen if p.phase == 'converting']
-    assert [p.conversion_percent for p in converting] == [0.0, 84.0]
+    assert [p.conversion_percent for p in converting] == [0.0, 29.0, 45.0,
+                                                          76.0]
     for progress in converting:
         assert states(progress) == {'fast': 'waiting', 'cheap': 'waiting'}
     # 100% done: the plugin set raw and the new size; fast is written.
