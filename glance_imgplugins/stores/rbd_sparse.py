@@ -325,8 +325,9 @@ class Store(upstream.Store):
                 except rbd.Timeout as e:
                     raise self._timeout_error(
                         'creating image %s' % image_name) from e
+                started = time.monotonic()
                 try:
-                    bytes_read = self._write_image(
+                    bytes_read, written = self._write_image(
                         ioctx, image_name, image_file, image_size,
                         [checksum.update], [os_hash_value.update],
                         [verifier.update] if verifier else [], loc.snapshot)
@@ -337,6 +338,9 @@ class Store(upstream.Store):
                         raise
                     raise translated from exc
 
+        LOG.debug('Store %s: stored image %s: %d bytes read, %d written, '
+                  'in %.2fs', self._name(), image_name, bytes_read, written,
+                  time.monotonic() - started)
         # Add store backend information to location metadata
         metadata: dict[str, str] = {}
         if self.backend_group:
@@ -345,8 +349,9 @@ class Store(upstream.Store):
                 os_hash_value.hexdigest(), metadata)
 
     def _write_image(self, ioctx: Any, image_name: str, image_file: BinaryIO,
-                     image_size: int, *hashers_and_snap: Any) -> int:
-        """Write the stream into the (already created) image; return its size.
+                     image_size: int, *hashers_and_snap: Any
+                     ) -> tuple[int, int]:
+        """Write the stream into the image; return (bytes read, written).
 
         Everything here is local to this call: one upload's state never
         touches another's.
@@ -383,6 +388,7 @@ class Store(upstream.Store):
             with rbd.Image(ioctx, image_name) as image:
                 try:
                     size = image_size
+                    written = 0
                     resize_amount = chunk_size
                     offset = 0
                     while True:
@@ -416,6 +422,7 @@ class Store(upstream.Store):
                                                    _ignore_completion)
                             in_flight.append((comp, offset + start,
                                               stop - start))
+                            written += stop - start
                         offset = end
                     drain()
                     for t in threads:
@@ -430,7 +437,7 @@ class Store(upstream.Store):
                     if snapshot:
                         image.create_snap(snapshot)
                         image.protect_snap(snapshot)
-                    return offset
+                    return offset, written
                 finally:
                     # Never close the image under writes still in flight.
                     while in_flight:
