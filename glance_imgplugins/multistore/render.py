@@ -14,6 +14,7 @@ functions so the tests check them without a terminal.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any, TextIO
 
 from glance_imgplugins.multistore.progress import (
@@ -172,17 +173,22 @@ class Renderer:
 class LiveRenderer(Renderer):
     """Redraws the header and store lines in place (ANSI, terminals only)."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
+    def __init__(self, out: TextIO, err: TextIO,
+                 columns: int | None = None) -> None:
         super().__init__(out, err)
         self._drawn = 0
+        self._columns = columns
 
     def update(self, progress: Progress) -> None:
         lines = live_lines(progress)
+        # A wrapped line would throw the cursor arithmetic off: cut it.
+        columns = self._columns or shutil.get_terminal_size((100, 24)).columns
+        width = (columns if columns > 20 else 100) - 1
         if self._drawn:
             # Back to the first line drawn, then rewrite every line.
             self.out.write('\x1b[%dF' % self._drawn)
         for line in lines:
-            self.out.write('\x1b[2K' + line + '\n')
+            self.out.write('\x1b[2K' + line[:width] + '\n')
         self._drawn = len(lines)
         self.out.flush()
 

@@ -41,7 +41,7 @@ def test_live_lines_one_per_store() -> None:
 def test_live_renderer_redraws_in_place() -> None:
     _snaps, seen = _replayed('serial_allow_failure')
     out = io.StringIO()
-    renderer = render.LiveRenderer(out, io.StringIO())
+    renderer = render.LiveRenderer(out, io.StringIO(), columns=60)
     renderer.update(seen[1])
     first = out.getvalue()
     assert '\x1b[' not in first.replace('\x1b[2K', '')
@@ -50,6 +50,9 @@ def test_live_renderer_redraws_in_place() -> None:
     # Back up over the 4 lines drawn, then rewrite each one cleared.
     assert second.startswith('\x1b[4F')
     assert second.count('\x1b[2K') == 4
+    # Lines are cut to the terminal width so none wraps.
+    assert max(len(line.replace('\x1b[2K', '').replace('\x1b[4F', ''))
+               for line in second.splitlines()) == 59
 
 
 def test_plain_renderer_prints_changes_only() -> None:
