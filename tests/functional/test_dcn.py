@@ -14,12 +14,13 @@ Every scenario runs with ``[image_import_opts] max_parallel_stores`` 1
 own Glance and its own pools, and ends by checking the tracking properties
 and the bytes in every store against the image converted here by qemu-img.
 
-The edge outage: the edge OSD is stopped *before* the imports start, and
-the stores run with ``rbd_sparse_client_timeout = 5``, so the edge fails
-within a bound (about 5 s) while the other stores succeed.  Stopping it in
-the middle of a write would leave a partial RBD image that nobody can
-remove until the cluster is back (rbd_sparse logs the ``rbd rm`` to run);
-before the write, nothing reaches the edge.
+The edge outage: one import (web-download) is under way, Glance holding
+half of the download, when the edge OSD is stopped; two more imports start
+while it is down.  The stores run with ``rbd_sparse_client_timeout = 5``,
+so the edge fails within a bound (about 5 s) while the other stores
+succeed.  The OSD stops before any byte is written to the edge: stopping it
+in the middle of an RBD write would leave a partial image that nobody can
+remove until the cluster is back (rbd_sparse logs the ``rbd rm`` to run).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from __future__ import annotations
 import concurrent.futures
 import glob
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -122,6 +125,18 @@ class Site:
         self.expected = expected      # what it must become: raw, by qemu-img
         self.expected_md5 = md5_file(expected)
         self.state: dict[str, Any] = {}
+        self.web: GatedWeb | None = None
+
+    def find(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        """The image called ``name``, once it exists."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.glance.request(
+                'GET', '/v2/images?name=%s' % name)['images']
+            if found:
+                return dict(found[0])
+            assert time.monotonic() < deadline, 'no image %s' % name
+            time.sleep(0.2)
 
     # -- reading every store ----------------------------------------------
 
@@ -235,6 +250,62 @@ def vmdk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return source, expected
 
 
+class GatedWeb:
+    """A loopback web server for web-download that sends the first half of
+    a file, then holds the rest until :meth:`release`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.halfway = threading.Event()
+        self._gate = threading.Event()
+        self._gate.set()
+        web = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                data = (web.root / self.path.lstrip('/')).read_bytes()
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                half = len(data) // 2
+                self.wfile.write(data[:half])
+                self.wfile.flush()
+                web.halfway.set()
+                web._gate.wait(120)
+                self.wfile.write(data[half:])
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                                      Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever,
+                         daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return 'http://127.0.0.1:%d/%s' % (self.port, name)
+
+    def hold(self) -> None:
+        self.halfway.clear()
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def stop(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope='module')
+def web(vmdk: tuple[Path, Path]) -> Iterator[GatedWeb]:
+    server = GatedWeb(vmdk[0].parent)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope='module')
 def postgres() -> Iterator[Postgres]:
     server = Postgres()
@@ -248,7 +319,8 @@ def postgres() -> Iterator[Postgres]:
                 ids=['max_parallel_stores=1', 'max_parallel_stores=3'])
 def site(request: pytest.FixtureRequest, glance_factory: Any,
          clusters: tuple[CephCluster, CephCluster],
-         vmdk: tuple[Path, Path], postgres: Postgres) -> Iterator[Site]:
+         vmdk: tuple[Path, Path], postgres: Postgres,
+         web: GatedWeb) -> Iterator[Site]:
     central, edge = clusters
     pool = 'images-p%d' % request.param
     central.create_pool(pool)
@@ -263,9 +335,12 @@ def site(request: pytest.FixtureRequest, glance_factory: Any,
         plugins=['image_introspection', 'format_conversion'],
         import_conf={'format_conversion': {'output_format': 'raw'}},
         workers=2, max_parallel_stores=request.param,
+        allowed_ports=[web.port],
         api_conf={'database': {'connection': postgres.database(
             'glance_p%d' % request.param)}})
-    yield Site(glance, central, edge, pool, *vmdk)
+    site = Site(glance, central, edge, pool, *vmdk)
+    site.web = web
+    yield site
     glance.stop()
 
 
@@ -309,22 +384,35 @@ def _edge_outage(site: Site) -> dict[str, dict[str, Any]]:
     two with allow-failure and one without."""
     if 'outage' in site.state:
         return site.state['outage']  # type: ignore[no-any-return]
-    edge = site.clusters['edge']
-    edge.stop_osd()
-    started = time.monotonic()
+    edge, web = site.clusters['edge'], site.web
+    assert web is not None
+    procs = {}
+    web.hold()
     try:
-        procs = {
-            name: site.popen('import', str(site.source), '--name', name,
-                             '--disk-format', 'vmdk', '--all-stores',
-                             *extra)
-            for name, extra in (('allow-a', ()), ('allow-b', ()),
-                                ('must', ('--no-allow-failure',)))}
+        # allow-b is under way: Glance is downloading it (half received).
+        procs['allow-b'] = site.popen(
+            'import', '--uri', web.url(site.source.name), '--name',
+            'allow-b', '--disk-format', 'vmdk', '--all-stores')
+        assert web.halfway.wait(60), 'Glance never started the download'
+        under_way = site.find('allow-b')
+        edge.stop_osd()
+        started = time.monotonic()
+        for name, extra in (('allow-a', ()),
+                            ('must', ('--no-allow-failure',))):
+            procs[name] = site.popen('import', str(site.source), '--name',
+                                     name, '--disk-format', 'vmdk',
+                                     '--all-stores', *extra)
+        web.release()
         results = {name: finish(proc) for name, proc in procs.items()}
         elapsed = time.monotonic() - started
     finally:
+        web.release()
         edge.start_osd()
     for result in results.values():
         result['wall'] = elapsed
+    results['allow-b']['status_at_outage'] = under_way['status']
+    results['allow-b']['importing_at_outage'] = under_way.get(
+        'os_glance_importing_to_stores')
     site.state['outage'] = results
     return results
 
@@ -344,6 +432,11 @@ def test_edge_down_with_allow_failure(site: Site) -> None:
         # The failure came within the client timeout's bound, and nothing
         # reached the edge pool (checked with the edge back up).
         site.assert_data(image_id, ['local', 'central'])
+    # allow-b was mid-way (Glance downloading it, the edge among its
+    # stores) when the edge went down.
+    assert results['allow-b']['status_at_outage'] == 'importing'
+    assert results['allow-b']['importing_at_outage'] == 'central,edge,local'
+    assert results['allow-b']['events'][0]['method'] == 'web-download'
     # Three imports, the edge failing after about EDGE_TIMEOUT seconds.
     assert results['allow-a']['wall'] < 3 * EDGE_TIMEOUT + 20
     site.state['partial'] = [results['allow-a']['image_id'],
