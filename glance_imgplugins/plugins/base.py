@@ -130,6 +130,32 @@ def register_opts(conf: cfg.ConfigOpts, group: str,
     return None
 
 
+def check_options(conf: cfg.ConfigOpts, group: str,
+                  opts: Sequence[cfg.Opt],
+                  load_settings: Callable[[cfg.ConfigOpts], Any]
+                  ) -> list[str]:
+    """A plugin's ``check_config``: every bad option, then the settings.
+
+    Each option is read on its own first, so every bad value is reported at
+    once; only then are the settings built, for cross-option problems.
+    """
+    bad = []
+    for opt in opts:
+        try:
+            getattr(conf[group], opt.dest)
+        except (cfg.Error, ValueError) as exc:
+            bad.append('[%s] %s: %s' % (group, opt.dest, exc))
+    if bad:
+        return bad
+    try:
+        load_settings(conf)
+    except exception.ConfigError as exc:
+        return [exc.kwargs.get('reason') or str(exc)]
+    except (cfg.Error, ValueError) as exc:
+        return ['[%s] %s' % (group, exc)]
+    return []
+
+
 @dataclasses.dataclass(frozen=True)
 class DeferredConfig:
     """Settings read in ``get_flow()``, or the reason they could not be.

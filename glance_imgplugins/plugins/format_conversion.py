@@ -284,22 +284,7 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
 
 def check_config(conf: cfg.ConfigOpts) -> list[str]:
     """Problems with this plugin's configuration, for ``check-config``."""
-    # Each option on its own first, so every bad value is reported at once.
-    bad = []
-    for opt in conversion_opts:
-        try:
-            getattr(conf[GROUP], opt.dest)
-        except (cfg.Error, ValueError) as exc:
-            bad.append('[%s] %s: %s' % (GROUP, opt.dest, exc))
-    if bad:
-        return bad
-    try:
-        load_settings(conf)
-    except exception.ConfigError as exc:
-        return [exc.kwargs.get('reason') or str(exc)]
-    except (cfg.Error, ValueError) as exc:
-        return ['[%s] %s' % (GROUP, exc)]
-    return []
+    return base.check_options(conf, GROUP, conversion_opts, load_settings)
 
 
 # --- the checks, as plain functions of an inspection result -----------------
