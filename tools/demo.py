@@ -115,6 +115,10 @@ def main() -> int:
                    stderr=subprocess.DEVNULL)
     images = make_images(workdir)
     failures = 0
+    for name in ('sample.vmdk', 'evil.qcow2'):
+        print('\n== glance-imgplugins inspect %s' % name)
+        subprocess.run([str(BIN_DIR / 'glance-imgplugins'), 'inspect',
+                        str(workdir / name)], stderr=subprocess.DEVNULL)
     with glance:
         print('\n== Glance 33 is running at %s with image_import_plugins = %s'
               % (glance.url, PLUGINS))
@@ -137,6 +141,16 @@ def main() -> int:
             if image['status'] != expected:
                 failures += 1
                 print('  !! expected status %s' % expected)
+        print('\n== glance-imgplugins import sample.qcow2 --name via-cli '
+              '--disk-format qcow2 --all-stores   (live per-store progress)')
+        cli = subprocess.run(
+            [str(BIN_DIR / 'glance-imgplugins'), 'import',
+             str(workdir / 'sample.qcow2'), '--name', 'via-cli',
+             '--disk-format', 'qcow2', '--all-stores'],
+            env=glance.env(MEMBER_TOKEN), stderr=subprocess.STDOUT)
+        if cli.returncode != 0:
+            failures += 1
+            print('  !! glance-imgplugins import exited %d' % cli.returncode)
         print('\n== glance image-list')
         print(glance.glance('image-list').stdout)
         print('== what the file stores hold (size / allocated on disk)')
