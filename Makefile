@@ -2,7 +2,7 @@
 VENV ?= $(CURDIR)/.venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup demo test unit functional pep8 genconfig bench docs
+.PHONY: setup demo demo-ceph test pep8 genconfig bench
 
 setup:
 	tools/setup-env.sh test
@@ -10,6 +10,10 @@ setup:
 # Command 1: a real local Glance 33 with our plugins, a sample import, the result.
 demo: setup
 	$(PY) tools/demo.py
+
+# The same, with a real single-node Ceph as a third store (rbd_sparse).
+demo-ceph: setup
+	$(PY) tools/demo.py --ceph
 
 # Command 2: every test layer: pure (real images), flow (real taskflow),
 # functional (real Glance, real Ceph).

@@ -5,12 +5,16 @@ checks the configuration with ``glance-imgplugins check-config``, imports
 sample images made by qemu-img with ``glance image-create-via-import`` into
 both stores, shows what our plugins did, and stops Glance.
 
-Usage: .venv/bin/python tools/demo.py [--workdir DIR] [--keep]
+Usage: .venv/bin/python tools/demo.py [--workdir DIR] [--keep] [--ceph]
+
+With --ceph, a real single-node Ceph joins as a third store driven by our
+rbd_sparse driver, and the demo shows how little of it the images occupy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -18,6 +22,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,14 +102,43 @@ def main() -> int:
     parser.add_argument('--workdir', help='keep everything in this folder')
     parser.add_argument('--keep', action='store_true',
                         help='do not delete the work folder')
+    parser.add_argument('--ceph', action='store_true',
+                        help='add a real single-node Ceph as a third store, '
+                             'driven by rbd_sparse')
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='imgplugins-'))
     workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        failures = run_demo(workdir, stack, args.ceph)
+    if not args.keep and not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print('\n== Glance stopped. %s' % ('All as expected.' if not failures
+                                      else '%d unexpected result(s).'
+                                      % failures))
+    return 1 if failures else 0
+
+
+def start_ceph(workdir: Path, stack: contextlib.ExitStack) -> Any:
+    from tests.support.ceph_cluster import CephCluster
+    print('== starting a single-node Ceph (bluestore on a sparse file)')
+    cluster = CephCluster(workdir / 'ceph', name='demo',
+                          objectstore='bluestore', bluestore_bytes=8 << 30)
+    stack.callback(cluster.stop)
+    return cluster.start()
+
+
+def run_demo(workdir: Path, stack: contextlib.ExitStack,
+             with_ceph: bool) -> int:
     rules = workdir / 'property-injection-rules.yaml'
     rules.write_text(RULES)
-
+    stores: dict[str, Any] = {'fast': ('file', {}), 'cheap': ('file', {})}
+    cluster = start_ceph(workdir, stack) if with_ceph else None
+    if cluster is not None:
+        stores['ceph'] = ('rbd_sparse',
+                          cluster.store_options(cluster.create_pool('images')))
+    store_list = ','.join(stores)
     glance = GlanceServer(
-        workdir / 'glance', plugins=PLUGINS,
+        workdir / 'glance', plugins=PLUGINS, stores=stores,
         import_conf={'property_injection': {'rules_file': str(rules)},
                      'format_conversion': {'output_format': 'raw'}})
     glance.write_config()
@@ -119,54 +153,52 @@ def main() -> int:
         print('\n== glance-imgplugins inspect %s' % name)
         subprocess.run([str(BIN_DIR / 'glance-imgplugins'), 'inspect',
                         str(workdir / name)], stderr=subprocess.DEVNULL)
-    with glance:
-        print('\n== Glance 33 is running at %s with image_import_plugins = %s'
-              % (glance.url, PLUGINS))
-        for name, (path, disk_format) in images.items():
-            print('\n== glance image-create-via-import --name %s '
-                  '--disk-format %s --stores fast,cheap --file %s'
-                  % (name, disk_format, path.name))
-            started = time.monotonic()
-            out = glance.glance('image-create-via-import', '--name', name,
-                                '--disk-format', disk_format,
-                                '--container-format', 'bare',
-                                '--stores', 'fast,cheap', '--file', str(path),
-                                token=MEMBER_TOKEN)
-            image_id = parse_table(out.stdout)['id']
-            image = glance.wait_for_import(image_id, token=ADMIN_TOKEN)
-            print('  image %s, %.1f s' % (image_id,
-                                           time.monotonic() - started))
-            show(glance, image_id)
-            expected = 'queued' if name.startswith('hostile') else 'active'
-            if image['status'] != expected:
-                failures += 1
-                print('  !! expected status %s' % expected)
-        print('\n== glance-imgplugins import sample.qcow2 --name via-cli '
-              '--disk-format qcow2 --all-stores   (live per-store progress)')
-        cli = subprocess.run(
-            [str(BIN_DIR / 'glance-imgplugins'), 'import',
-             str(workdir / 'sample.qcow2'), '--name', 'via-cli',
-             '--disk-format', 'qcow2', '--all-stores'],
-            env=glance.env(MEMBER_TOKEN), stderr=subprocess.STDOUT)
-        if cli.returncode != 0:
+    stack.enter_context(glance)
+    print('\n== Glance 33 is running at %s with image_import_plugins = %s'
+          % (glance.url, PLUGINS))
+    for name, (path, disk_format) in images.items():
+        print('\n== glance image-create-via-import --name %s '
+              '--disk-format %s --stores %s --file %s'
+              % (name, disk_format, store_list, path.name))
+        started = time.monotonic()
+        out = glance.glance('image-create-via-import', '--name', name,
+                            '--disk-format', disk_format,
+                            '--container-format', 'bare',
+                            '--stores', store_list, '--file', str(path),
+                            token=MEMBER_TOKEN)
+        image_id = parse_table(out.stdout)['id']
+        image = glance.wait_for_import(image_id, token=ADMIN_TOKEN)
+        print('  image %s, %.1f s' % (image_id, time.monotonic() - started))
+        show(glance, image_id)
+        expected = 'queued' if name.startswith('hostile') else 'active'
+        if image['status'] != expected:
             failures += 1
-            print('  !! glance-imgplugins import exited %d' % cli.returncode)
-        print('\n== glance image-list')
-        print(glance.glance('image-list').stdout)
-        print('== what the file stores hold (size / allocated on disk)')
-        for name in ('fast', 'cheap'):
-            for path in sorted(glance.store_dir(name).iterdir()):
-                st = path.stat()
-                print('    %-6s %s  %6.1f MiB / %6.1f MiB' % (
-                    name, path.name, st.st_size / MiB,
-                    st.st_blocks * 512 / MiB))
-    if not args.keep and not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print('\n== Glance stopped. %s' % ('All as expected.' if not failures
-                                      else '%d unexpected result(s).'
-                                      % failures))
-    return 1 if failures else 0
-
+            print('  !! expected status %s' % expected)
+    print('\n== glance-imgplugins import sample.qcow2 --name via-cli '
+          '--disk-format qcow2 --all-stores   (live per-store progress)')
+    cli = subprocess.run(
+        [str(BIN_DIR / 'glance-imgplugins'), 'import',
+         str(workdir / 'sample.qcow2'), '--name', 'via-cli',
+         '--disk-format', 'qcow2', '--all-stores'],
+        env=glance.env(MEMBER_TOKEN), stderr=subprocess.STDOUT)
+    if cli.returncode != 0:
+        failures += 1
+        print('  !! glance-imgplugins import exited %d' % cli.returncode)
+    print('\n== glance image-list')
+    print(glance.glance('image-list').stdout)
+    print('== what the stores hold (size / allocated)')
+    for name in ('fast', 'cheap'):
+        for path in sorted(glance.store_dir(name).iterdir()):
+            st = path.stat()
+            print('    %-6s %s  %6.1f MiB / %6.1f MiB' % (
+                name, path.name, st.st_size / MiB, st.st_blocks * 512 / MiB))
+    if cluster is not None:
+        rbd_images = cluster.rbd_ls('images')
+        stored, allocated = cluster.stored_bytes()
+        print('    ceph   %d RBD images of 256 MiB (rbd_sparse): the OSD '
+              'holds %.1f MiB (%.1f MiB allocated) for all of them'
+              % (len(rbd_images), stored / MiB, allocated / MiB))
+    return failures
 
 if __name__ == '__main__':
     sys.exit(main())
