@@ -45,9 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 from glance_store import location as gs_location  # noqa: E402
 from glance_store import multi_backend  # noqa: E402
-from oslo_config import cfg  # noqa: E402
 
 from glance_imgplugins.stores.rbd_sparse import _HashThread  # noqa: E402
+from tests.support.stores import load_multi_stores  # noqa: E402
 from tests.support.ceph_cluster import CephCluster  # noqa: E402
 
 KiB = 1024
@@ -111,22 +111,9 @@ def hash_alone(path: str, parallel: bool) -> float:
 
 def load_stores(workdir: str, cluster: CephCluster) -> dict[str, Any]:
     names = {label: 'b%d' % i for i, label in enumerate(STORES)}
-    lines = ['[DEFAULT]', 'enabled_backends = ' + ', '.join(
-        '%s:%s' % (names[label], driver)
-        for label, (driver, _) in STORES.items()),
-        '[glance_store]', 'default_backend = b0']
-    for label, (_, extra) in STORES.items():
-        lines.append('[%s]' % names[label])
-        opts = cluster.store_options('images', **extra)
-        lines += ['%s = %s' % kv for kv in opts.items()]
-    path = os.path.join(workdir, 'stores.conf')
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.DictOpt('enabled_backends'))
-    conf(args=[], default_config_files=[path])
-    multi_backend.register_store_opts(conf)
-    multi_backend.create_multi_stores(conf)
+    conf = load_multi_stores(workdir, {
+        names[label]: (driver, cluster.store_options('images', **extra))
+        for label, (driver, extra) in STORES.items()})
     result = {}
     for label, (driver, _) in STORES.items():
         entry = gs_location.SCHEME_TO_CLS_BACKEND_MAP[driver][names[label]]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 import threading
 import time
@@ -24,6 +23,7 @@ from glance_store import multi_backend
 from oslo_config import cfg
 
 from glance_imgplugins.stores import rbd_sparse
+from tests.support.stores import load_multi_stores
 from tests.support.ceph_cluster import (  # noqa: F401 (fixture)
     CephCluster,
     CephError,
@@ -146,23 +146,8 @@ class Stores:
 
 def load_stores(workdir: str, backends: dict[str, tuple[str, dict]]
                 ) -> Stores:
-    """Write a glance-api.conf-like file and load its stores for real."""
-    lines = ['[DEFAULT]', 'enabled_backends = %s' % ', '.join(
-        '%s:%s' % (name, driver) for name, (driver, _) in backends.items()),
-        '[glance_store]', 'default_backend = %s' % next(iter(backends))]
-    for name, (_, opts) in backends.items():
-        lines.append('[%s]' % name)
-        lines += ['%s = %s' % item for item in opts.items()]
-    path = os.path.join(workdir, 'stores.conf')
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.DictOpt('enabled_backends'))
-    conf(args=[], default_config_files=[path])
-    multi_backend.register_store_opts(conf)
-    count = multi_backend.create_multi_stores(conf)
-    assert count >= len(backends)
-    return Stores(conf)
+    """Load the stores for real, as Glance does."""
+    return Stores(load_multi_stores(workdir, backends))
 
 
 @pytest.fixture(scope='module')
