@@ -41,4 +41,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                 for server in value:
                     if isinstance(server, GlanceServer):
                         report.sections.append(
-                            ('glance log %s' % server.url, server.log_tail()))
+                            ('glance log %s' % server.url,
+                             server.log_tail() + '\n' + server.stacks()))

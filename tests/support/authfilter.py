@@ -5,9 +5,21 @@ identity headers that Glance's real ``ContextMiddleware`` reads, so tests can
 act as different users and roles without a Keystone.
 """
 
+import faulthandler
+import os
+import signal
 import urllib.parse
 
 import webob.dec
+
+# Diagnostics: the harness sends SIGUSR1 to a worker that stopped answering
+# and reads every thread's stack from this file (see GlanceServer.stacks()).
+_STACKS_DIR = os.environ.get('IMGPLUGINS_STACKS_DIR')
+if _STACKS_DIR:
+    _stacks_file = open(os.path.join(_STACKS_DIR, 'stacks-%d.txt'
+                                     % os.getpid()), 'w')
+    faulthandler.register(signal.SIGUSR1, file=_stacks_file,
+                          all_threads=True)
 
 _IDENTITY_HEADERS = ('X-Identity-Status', 'X-User-Id', 'X-Project-Id',
                      'X-Roles', 'X-Tenant-Id')

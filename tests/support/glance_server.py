@@ -217,6 +217,7 @@ class GlanceServer:
             'OS_IMAGE_URL': self.url,
             'OS_AUTH_TOKEN': token,
             'OS_GLANCE_CONFIG_DIR': str(self.conf_dir),
+            'IMGPLUGINS_STACKS_DIR': str(self.workdir),
             # The test paste filter is imported from this checkout.
             'PYTHONPATH': os.pathsep.join(
                 filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')])),
@@ -294,6 +295,28 @@ class GlanceServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stacks(self) -> str:
+        """Every thread's stack in each gunicorn worker, for a hang."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return ''
+        children = Path('/proc/%d/task/%d/children' % (proc.pid, proc.pid))
+        try:
+            pids = [int(p) for p in children.read_text().split()]
+        except OSError:
+            return ''
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+        return '\n'.join(
+            '==> stacks of worker %d <==\n%s' % (pid, path.read_text())
+            for pid in pids
+            for path in [self.workdir / ('stacks-%d.txt' % pid)]
+            if path.exists())
+
     def log_tail(self, lines: int = 60) -> str:
         out = []
         for path in (self.workdir / 'gunicorn.log', self.log_path):
@@ -370,8 +393,12 @@ class GlanceServer:
         """
         deadline = time.monotonic() + timeout
         while True:
-            image = self.image(image_id, token)
-            tasks = self.tasks(image_id)
+            try:
+                image = self.image(image_id, token)
+                tasks = self.tasks(image_id)
+            except (urllib.error.URLError, TimeoutError) as exc:
+                # A hung API: keep waiting until the deadline says why.
+                image, tasks = {'status': 'unreachable (%s)' % exc}, []
             importing = image.get('os_glance_importing_to_stores', '')
             task_done = bool(tasks) and tasks[0]['status'] in (
                 'success', 'failure')
@@ -379,8 +406,9 @@ class GlanceServer:
                     and not importing and task_done):
                 return image
             if time.monotonic() > deadline:
-                raise GlanceError('import of %s still running: %r\n%s' % (
-                    image_id, image, self.log_tail()))
+                raise GlanceError('import of %s still running: %r\n%s\n%s'
+                                  % (image_id, image, self.log_tail(),
+                                     self.stacks()))
             time.sleep(0.5)
 
     def last_task_message(self, image_id: str) -> str:
