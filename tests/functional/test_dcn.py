@@ -26,14 +26,11 @@ remove until the cluster is back (rbd_sparse logs the ``rbd rm`` to run).
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import hashlib
 import http.server
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,8 +40,13 @@ import pytest
 
 from tests.support import images
 from tests.support.ceph_cluster import CephCluster, missing_prerequisites
+from tests.support.postgres import (  # noqa: F401 (fixture)
+    Postgres,
+    postgres,
+    requires_postgres,
+)
 from tests.support.glance_server import (
-    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, GlanceServer, free_port)
+    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, GlanceServer)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -53,64 +55,15 @@ EDGE_TIMEOUT = 5          # rbd_sparse_client_timeout of the Ceph stores
 ALL = ['local', 'central', 'edge']
 VMDK = 'vmdk_stream_lsilogic'
 
-PG_BIN = sorted(glob.glob('/usr/lib/postgresql/*/bin'))
-
 pytestmark = [
     pytest.mark.skipif(
         missing_prerequisites() is not None,
         reason='CEPH TESTS SKIPPED: %s' % missing_prerequisites()),
-    pytest.mark.skipif(not PG_BIN, reason='PostgreSQL not installed (see '
-                       'bindep.txt, profile test)'),
+    requires_postgres,
 ]
 
 
 # --- the deployment ----------------------------------------------------------
-
-class Postgres:
-    """A private PostgreSQL on 127.0.0.1 for Glance's database.
-
-    PostgreSQL refuses to run as root: as root, the server runs as the
-    ``postgres`` user in a folder it owns (under /tmp, which it can reach).
-    """
-
-    def __init__(self) -> None:
-        self.bin = Path(PG_BIN[-1])
-        self.dir = Path(tempfile.mkdtemp(prefix='glance-pg-'))
-        self.data = self.dir / 'data'
-        self.port = free_port()
-
-    def _run(self, *cmd: str) -> None:
-        prefix = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 \
-            else []
-        subprocess.run(prefix + list(cmd), check=True, capture_output=True,
-                       cwd=self.dir, timeout=120)
-
-    def start(self) -> 'Postgres':
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, 'postgres', 'postgres')
-        self._run(str(self.bin / 'initdb'), '-D', str(self.data), '-A',
-                  'trust', '-U', 'glance', '-E', 'UTF8', '--no-sync')
-        # Durability is not what the tests are about: no fsync.
-        self._run(str(self.bin / 'pg_ctl'), '-D', str(self.data), '-l',
-                  str(self.dir / 'postgres.log'), '-w', '-t', '60', '-o',
-                  '-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off '
-                  '-c synchronous_commit=off -c full_page_writes=off'
-                  % (self.port, self.dir), 'start')
-        return self
-
-    def database(self, name: str) -> str:
-        """Create database ``name``; its SQLAlchemy URL."""
-        self._run(str(self.bin / 'createdb'), '-h', '127.0.0.1', '-p',
-                  str(self.port), '-U', 'glance', name)
-        return 'postgresql+psycopg://glance@127.0.0.1:%d/%s' % (self.port,
-                                                                 name)
-
-    def stop(self) -> None:
-        if (self.data / 'postmaster.pid').exists():
-            self._run(str(self.bin / 'pg_ctl'), '-D', str(self.data), '-m',
-                      'fast', '-w', 'stop')
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 class Site:
     """One Glance of the DCN deployment and what the tests learnt so far."""
@@ -304,15 +257,6 @@ def web(vmdk: tuple[Path, Path]) -> Iterator[GatedWeb]:
     server = GatedWeb(vmdk[0].parent)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope='module')
-def postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope='module', params=[1, 3],
