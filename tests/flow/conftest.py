@@ -13,7 +13,6 @@ transitions validated), ``_ImageLock`` and ``_VerifyStaging`` from
 from __future__ import annotations
 
 import copy
-import hashlib
 import pathlib
 import shutil
 import subprocess
@@ -207,14 +206,6 @@ class Import:
         engine = taskflow.engines.load(self.flow(plugins, tail),
                                        engine='parallel', max_workers=2)
         engine.run()
-
-
-def sha256(path: pathlib.Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def qemu_convert(src: pathlib.Path, src_format: str, dst: pathlib.Path,

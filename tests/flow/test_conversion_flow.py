@@ -18,7 +18,8 @@ from glance_imgplugins import inspection
 from glance_imgplugins import qemu_img
 from glance_imgplugins.plugins import format_conversion
 from glance_imgplugins.plugins import image_introspection
-from tests.flow.conftest import Boom, Record, STORES, qemu_convert, sha256
+from tests.flow.conftest import Boom, Record, STORES, qemu_convert
+from tests.support.digest import sha256
 from tests.support import images
 
 convert_flow = format_conversion.get_flow

@@ -10,7 +10,6 @@ One Glance serves the whole module.
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import pathlib
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.digest import sha256
 from tests.support import images
 from tests.support.glance_server import MEMBER_TOKEN, parse_table
 
@@ -27,14 +27,6 @@ STORES = ['cheap', 'fast']
 PLUGINS = ['image_introspection', 'format_conversion']
 # A limit the corpus (16 MiB virtual) passes and the retry image exceeds.
 LIMIT = 32 * MiB
-
-
-def sha256(path: pathlib.Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(MiB), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def declared_format(name: str, path: pathlib.Path) -> str:

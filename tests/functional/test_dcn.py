@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.digest import md5 as md5_file
 from tests.support import images
 from tests.support.ceph_cluster import CephCluster, missing_prerequisites
 from tests.support.postgres import (  # noqa: F401 (fixture)
@@ -149,14 +150,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120
     result['returncode'] = proc.returncode
     result['events'] = events
     return result
-
-
-def md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(MiB), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def rbd_md5(cluster: CephCluster, pool: str, name: str) -> str:

@@ -6,23 +6,15 @@ image ends raw, a plugin demonstrably ran inside the real pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.digest import sha256
 from tests.support.glance_server import MEMBER_TOKEN, GlanceError, parse_table
 
 MiB = 1024 * 1024
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(MiB), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_qcow2(tmp_path: Path) -> tuple[Path, Path]:

@@ -9,7 +9,6 @@ modes, so a read-only folder would not fail).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.digest import md5
 from tests.support.postgres import (  # noqa: F401 (fixture)
     Postgres,
     postgres,
@@ -37,14 +37,6 @@ CLI = str(BIN_DIR / 'glance-imgplugins')
 STORES = {'fast': ('file', {}), 'cheap': ('file', {}), 'bad': ('file', {})}
 
 pytestmark = requires_postgres
-
-
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(MiB), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope='module')

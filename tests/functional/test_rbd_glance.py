@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.digest import sha256
 from tests.support.ceph_cluster import (  # noqa: F401 (fixture)
     CephCluster,
     ceph_bluestore_cluster,
@@ -39,14 +40,6 @@ DATA_BYTES = sum(length for _, length in ISLANDS)
 # Bound on what Ceph may hold: each island rounded out to 64 KiB blocks
 # (both ends), plus the RBD header/id/directory objects.
 BOUND = sum(length + 2 * 64 * KiB for _, length in ISLANDS) + 64 * KiB
-
-
-def sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(MiB), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope='module')
