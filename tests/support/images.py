@@ -46,8 +46,20 @@ LINUX_TYPE = uuid.UUID('0FC63DAF-8483-4772-8E79-3D69D8477DE4')
 Builder = Callable[[pathlib.Path, str], pathlib.Path]
 
 
+# qemu times PBKDF2 with getrusage() to pick the LUKS iteration count and,
+# on a busy machine, sometimes measures nothing: a known transient failure.
+_TRANSIENT = b'Unable to get accurate CPU usage'
+
+
 def qemu_img(*args: str) -> None:
-    subprocess.run(('qemu-img',) + args, check=True, capture_output=True)
+    for _attempt in range(5):
+        proc = subprocess.run(('qemu-img',) + args, capture_output=True)
+        if proc.returncode == 0:
+            return
+        if _TRANSIENT not in proc.stderr:
+            break
+    raise subprocess.CalledProcessError(proc.returncode, ('qemu-img',) + args,
+                                        proc.stdout, proc.stderr)
 
 
 def seed_bytes(extent: int) -> bytes:
