@@ -120,12 +120,8 @@ class Import:
                  disk_format: str, import_method: str = 'glance-direct',
                  properties: dict[str, str] | None = None) -> None:
         self.image_id = str(uuid.uuid4())
-        glance_task = domain.TaskFactory().new_task(
-            task_type=TASK_TYPE, owner='project', image_id=self.image_id,
-            user_id='user', request_id='req', task_input={})
-        glance_task.begin_processing()
-        self.task_id = glance_task.task_id
-        self.task_repo = TaskRepo(glance_task)
+        self.image_repo = ImageRepo()
+        self._begin_task()
         self.staged = staging / self.image_id
         # cp --sparse keeps holes: the staged copy is what Glance would
         # hold after ``glance image-stage``.
@@ -133,7 +129,6 @@ class Import:
                         str(self.staged)], check=True)
         self.source = source
         self.import_method = import_method
-        self.image_repo = ImageRepo()
         image = domain.ImageFactory().new_image(
             image_id=self.image_id, name='test', disk_format=disk_format,
             container_format='bare', owner='project',
@@ -145,6 +140,15 @@ class Import:
         image.extra_properties['os_glance_importing_to_stores'] = ','.join(
             sorted(STORES))
         self.image_repo.add(image)
+
+    def _begin_task(self) -> None:
+        """A new import task for the image, as the API creates one."""
+        glance_task = domain.TaskFactory().new_task(
+            task_type=TASK_TYPE, owner='project', image_id=self.image_id,
+            user_id='user', request_id='req', task_input={})
+        glance_task.begin_processing()
+        self.task_id = glance_task.task_id
+        self.task_repo = TaskRepo(glance_task)
         self.action_wrapper = api_image_import.ImportActionWrapper(
             self.image_repo, self.image_id, self.task_id)
 
@@ -154,14 +158,7 @@ class Import:
         get_flow() locks it, marks it importing and clears failed stores."""
         image = self.image_repo.get(self.image_id)
         assert image.status == 'uploading', image.status
-        glance_task = domain.TaskFactory().new_task(
-            task_type=TASK_TYPE, owner='project', image_id=self.image_id,
-            user_id='user', request_id='req', task_input={})
-        glance_task.begin_processing()
-        self.task_id = glance_task.task_id
-        self.task_repo = TaskRepo(glance_task)
-        self.action_wrapper = api_image_import.ImportActionWrapper(
-            self.image_repo, self.image_id, self.task_id)
+        self._begin_task()
         image.extra_properties['os_glance_import_task'] = self.task_id
         self.image_repo.save(image)
         with self.action_wrapper as action:
