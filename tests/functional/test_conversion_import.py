@@ -182,13 +182,18 @@ def test_hostile_image_can_be_staged_again(glance, hostile, corpus):
     assert image['disk_format'] == 'raw'
 
 
-def test_web_download(glance, http_dir, corpus, tmp_path):
+def web_download(glance, http_dir, source):
+    """Serve ``source`` on loopback and have Glance download and import it."""
     root, port = http_dir
-    source = corpus.path('vmdk_sparse_buslogic')
     (root / source.name).write_bytes(source.read_bytes())
-    image_id = create_via_import(
+    return create_via_import(
         glance, source, 'vmdk', '--import-method', 'web-download', '--uri',
         'http://127.0.0.1:%d/%s' % (port, source.name))
+
+
+def test_web_download(glance, http_dir, corpus, tmp_path):
+    source = corpus.path('vmdk_sparse_buslogic')
+    image_id = web_download(glance, http_dir, source)
     image = glance.wait_for_import(image_id)
     assert image['status'] == 'active', glance.last_task_message(image_id)
     assert image['disk_format'] == 'raw'
@@ -201,12 +206,8 @@ def test_web_download(glance, http_dir, corpus, tmp_path):
 
 
 def test_web_download_hostile(glance, http_dir, corpus):
-    root, port = http_dir
-    source = corpus.path('vmdk_extent_host_path')
-    (root / source.name).write_bytes(source.read_bytes())
-    image_id = create_via_import(
-        glance, source, 'vmdk', '--import-method', 'web-download', '--uri',
-        'http://127.0.0.1:%d/%s' % (port, source.name))
+    image_id = web_download(glance, http_dir,
+                            corpus.path('vmdk_extent_host_path'))
     image = glance.wait_for_import(image_id)
     assert image['status'] == 'queued'
     assert glance.stored_files(image_id) == {}
