@@ -296,9 +296,11 @@ class _InjectProperties(task.Task):
         if isinstance(result, tf_failure.Failure):
             # This task failed: none of the stores was written. A
             # glance-direct import keeps its staged data, so the user can
-            # fix the properties and import again.
-            status = ('uploading' if self.import_method == 'glance-direct'
-                      else 'queued')
+            # fix the properties and import again; a download's own revert
+            # sets the status (setting it here too made that revert fail).
+            status = base.revert_status(
+                self.import_method,
+                retry=self.import_method == 'glance-direct')
             with self.action_wrapper as action:
                 base.fail_import(action, self.stores, status=status)
             return

@@ -10,14 +10,17 @@ final disk_format and the format the user declared.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import subprocess
 import textwrap
+import threading
 
 import pytest
 
 from tests.support import images
 from tests.support.glance_server import (
-    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, parse_table)
+    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, free_port, parse_table)
 
 RULES = """\
     rules:
@@ -182,3 +185,37 @@ def test_check_config_reports_a_broken_rules_file_with_its_line(tmp_path):
             "rules %s: line 6: rules[1] (b).set: key 'os_glance_x': keys "
             "starting os_glance are reserved to Glance" % rules
             in out.stdout), out.stdout
+
+
+def test_forbidden_key_on_web_download_names_the_reason(glance_factory,
+                                                       tmp_path):
+    """web-download has its own revert; ours must not fight it, or the
+    user reads "Internal Error" instead of the rule's reason."""
+    (tmp_path / 'disk.raw').write_bytes(b'x' * 1024 * 1024)
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', port), functools.partial(
+            http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rules = tmp_path / 'rules.yaml'
+    rules.write_text('version: 1\nrules:\n  - name: members\n'
+                     '    forbid: [hw_firmware_type]\n')
+    try:
+        glance = glance_factory(
+            plugins=['property_injection'], allowed_ports=[port],
+            import_conf={'property_injection': {
+                'rules_file': str(rules), 'ignore_user_roles': ''}})
+        out = glance.glance(
+            'image-create-via-import', '--name', 'wd', '--disk-format',
+            'raw', '--container-format', 'bare', '--import-method',
+            'web-download', '--uri', 'http://127.0.0.1:%d/disk.raw' % port,
+            '--property', 'hw_firmware_type=uefi', token=MEMBER_TOKEN)
+        image_id = parse_table(out.stdout)['id']
+        image = glance.wait_for_import(image_id)
+    finally:
+        server.shutdown()
+    assert image['status'] == 'queued'
+    assert glance.stored_files(image_id) == {}
+    assert glance.last_task_message(image_id) == (
+        'Property hw_firmware_type may not be set by users here (property '
+        'injection rule members): refused')
