@@ -1,14 +1,34 @@
-"""The package's one exception root and its message templates.
+"""The package's one exception hierarchy: it *is* the failure contract.
 
 Every error carries a ``msg_fmt`` template filled from keyword arguments,
-so the text a user reads is written in one place.  Plugins translate these
-at the task edge into what Glance shows users (see
-``glance_imgplugins.plugins.base``).
+so the text a user reads is written in one place.
+
+What an import failure does to the image is decided by the branch its class
+sits in, never by a side list of names:
+
+* :class:`ContentRefused` -- the image's bytes or its declared format are at
+  fault (including what qemu-img reports about the content).  Running the
+  import again on the same bytes can only fail again: the image goes back to
+  ``queued``, the staged data is removed (so a corrected file can be staged)
+  and every requested store is listed in ``os_glance_failed_import``.
+* :class:`Retryable` -- a limit the operator can raise, the configuration,
+  staging space, qemu-img killed or timed out, a property the user can
+  change.  The image goes to ``uploading`` with the staged data kept, so
+  ``glance image-import --import-method glance-direct`` retries without a
+  new upload; the stores are marked failed.
+
+Anything else raised inside a plugin task is treated as :class:`Retryable`
+(the staged data is never thrown away on an error we do not understand) and
+reaches users as "<plugin> failed unexpectedly; see the Glance API log".
+
+The plugins translate these at the task edge (``plugins/base.py``) into the
+``UploadException`` whose text Glance shows; ``doc/source/failures.rst``
+lists every class with its status, staged data and message.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class GlanceImgPluginsError(Exception):
@@ -22,8 +42,10 @@ class GlanceImgPluginsError(Exception):
             try:
                 message = self.msg_fmt % kwargs
             except (KeyError, TypeError, ValueError):
-                # A template bug must not hide the original failure.
-                message = "%s (%r)" % (self.msg_fmt, kwargs)
+                # A template bug must not hide the original failure; the
+                # template alone never carries a repr of the arguments.
+                message = self.msg_fmt.split('%(')[0].rstrip(' :(') or \
+                    type(self).msg_fmt
         self.msg = message
         super().__init__(message)
 
@@ -31,9 +53,115 @@ class GlanceImgPluginsError(Exception):
         return self.msg
 
 
-# --- configuration --------------------------------------------------------
+# --- the import failure contract --------------------------------------------
 
-class ConfigError(GlanceImgPluginsError):
+class ImportFailure(GlanceImgPluginsError):
+    """A plugin refused an image or could not finish its import."""
+
+    #: Status a glance-direct import's image is given on this failure.
+    status: ClassVar[str] = 'uploading'
+    #: Whether the staged data is kept for a retry.
+    keep_staged: ClassVar[bool] = True
+
+
+class ContentRefused(ImportFailure):
+    """The image's bytes or declared format are refused: ``queued``, staged
+    data removed."""
+
+    status = 'queued'
+    keep_staged = False
+    msg_fmt = "Image refused: %(reason)s"
+
+
+class Retryable(ImportFailure):
+    """Retrying can help once something changes: ``uploading``, staged data
+    kept."""
+
+    status = 'uploading'
+    keep_staged = True
+    msg_fmt = "Import failed: %(reason)s"
+
+
+# --- content refused --------------------------------------------------------
+
+#: Kept for code written against the first release.
+ImageRejected = ContentRefused
+
+
+class UnsafeImage(ContentRefused):
+    msg_fmt = "%(format)s image failed safety check %(checks)s: refused"
+
+
+class FormatMismatch(ContentRefused):
+    msg_fmt = ("Image declared as disk_format %(declared)s but its content is "
+               "%(detected)s: refused")
+
+
+class CompressedImage(FormatMismatch):
+    msg_fmt = ("Image declared as disk_format %(declared)s is %(container)s "
+               "compressed: refused (decompress it first, or ask the "
+               "operator to enable the decompression plugin)")
+
+
+class UnknownFormat(ContentRefused):
+    msg_fmt = "Image format could not be determined: %(reason)s: refused"
+
+
+class FormatNotAllowed(ContentRefused):
+    msg_fmt = ("Image format %(format)s is not allowed for import here "
+               "(allowed: %(allowed)s): refused")
+
+
+class QemuImgRefused(ContentRefused):
+    """qemu-img itself found the content unusable (a named check)."""
+
+    msg_fmt = ("%(format)s image failed safety check %(check)s "
+               "(qemu-img: %(reason)s): refused")
+
+
+class ArchiveRefused(ContentRefused):
+    """A compressed container that cannot be safely unpacked."""
+
+    msg_fmt = "%(container)s archive refused: %(reason)s"
+
+
+# --- retryable: limits the operator can raise -------------------------------
+
+class LimitExceeded(Retryable):
+    msg_fmt = "%(what)s exceeds the limit %(limit)s: not imported"
+
+
+class VirtualSizeTooLarge(LimitExceeded):
+    msg_fmt = ("Image virtual size %(virtual_size)d bytes exceeds the "
+               "limit of %(limit)d bytes (%(option)s): not imported")
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault('option', '[format_conversion] max_virtual_size')
+        super().__init__(message, **kwargs)
+
+
+class ConvertedSizeTooLarge(LimitExceeded):
+    msg_fmt = ("The converted image would hold %(needed)d bytes of data, "
+               "more than the limit of %(limit)d bytes (%(option)s): not "
+               "imported")
+
+
+class DecompressedSizeTooLarge(LimitExceeded):
+    msg_fmt = ("The %(container)s data decompresses to more than %(limit)d "
+               "bytes (%(bound)s): not imported")
+
+
+class InsufficientSpace(Retryable):
+    msg_fmt = ("Not enough space in the staging area for image %(image)s: "
+               "%(needed)d bytes needed, %(free)d available after the "
+               "reserve")
+
+
+# --- retryable: the configuration -------------------------------------------
+
+class ConfigError(Retryable):
+    """``reason`` reads ``[group] option: what is wrong``."""
+
     msg_fmt = "Invalid configuration: %(reason)s"
 
 
@@ -41,49 +169,32 @@ class RulesError(ConfigError):
     msg_fmt = "Property injection rules %(path)s: %(reason)s"
 
 
-# --- images refused (the user's input is at fault) -------------------------
-
-class ImageRejected(GlanceImgPluginsError):
-    """The image itself is refused; the text is meant for the image owner."""
-
-    msg_fmt = "Image refused: %(reason)s"
+class PropertyTemplateError(ConfigError):
+    msg_fmt = ("Property injection rule %(rule)s: the value of %(key)s needs "
+               "${%(var)s}, which this import does not have")
 
 
-class UnsafeImage(ImageRejected):
-    msg_fmt = "%(format)s image failed safety check %(checks)s: refused"
+# --- retryable: the properties the user set ---------------------------------
+
+class PropertiesRefused(Retryable):
+    """The user's properties are refused; the data stays staged so the user
+    can change them and import again."""
+
+    msg_fmt = "Image properties refused: %(reason)s"
 
 
-class FormatMismatch(ImageRejected):
-    msg_fmt = ("Image declared as disk_format %(declared)s but its content is "
-               "%(detected)s: refused")
-
-
-class UnknownFormat(ImageRejected):
-    msg_fmt = "Image format could not be determined: %(reason)s: refused"
-
-
-class FormatNotAllowed(ImageRejected):
-    msg_fmt = ("Image format %(format)s is not allowed for import here "
-               "(allowed: %(allowed)s): refused")
-
-
-class VirtualSizeTooLarge(ImageRejected):
-    msg_fmt = ("Image virtual size %(virtual_size)d bytes exceeds the "
-               "limit of %(limit)d bytes: refused")
-
-
-class ForbiddenProperty(ImageRejected):
+class ForbiddenProperty(PropertiesRefused):
     msg_fmt = "Property %(key)s may not be set by users here: refused"
 
 
-# --- the machinery failed --------------------------------------------------
-
-class InsufficientSpace(GlanceImgPluginsError):
-    msg_fmt = ("Not enough space in %(path)s for the converted image: "
-               "%(needed)d bytes needed, %(free)d free")
+class ForbiddenPropertyByRule(ForbiddenProperty):
+    msg_fmt = ("Property %(key)s may not be set by users here "
+               "(property injection rule %(rule)s): refused")
 
 
-class QemuImgError(GlanceImgPluginsError):
+# --- retryable: the machinery -----------------------------------------------
+
+class QemuImgError(Retryable):
     msg_fmt = "qemu-img %(action)s failed: %(reason)s"
 
 
@@ -91,24 +202,33 @@ class QemuImgTimeout(QemuImgError):
     msg_fmt = "qemu-img %(action)s did not finish within %(timeout)s seconds"
 
 
-class ConversionFailed(GlanceImgPluginsError):
+class ConversionFailed(Retryable):
     msg_fmt = "Image conversion failed: %(reason)s"
+
+
+class StagingSpaceLow(ConversionFailed):
+    msg_fmt = ("Image conversion stopped: the staging area's free space fell "
+               "under the reserve of %(reserve)d bytes (%(option)s)")
 
 
 class StoreError(GlanceImgPluginsError):
     msg_fmt = "Store %(store)s: %(reason)s"
 
 
-# --- property injection ------------------------------------------------------
+# --- offline inspection input -------------------------------------------------
 
-class ForbiddenPropertyByRule(ForbiddenProperty):
-    msg_fmt = ("Property %(key)s may not be set by users here "
-               "(property injection rule %(rule)s): refused")
+class InspectionInputError(GlanceImgPluginsError):
+    """The file given to inspection cannot be inspected as an image."""
+
+    msg_fmt = "Cannot inspect %(path)s: %(reason)s"
 
 
-class PropertyTemplateError(GlanceImgPluginsError):
-    msg_fmt = ("Property injection rule %(rule)s: the value of %(key)s needs "
-               "${%(var)s}, which this import does not have")
+class NotRegularFile(InspectionInputError):
+    msg_fmt = "Cannot inspect %(path)s: it is a %(kind)s, not a regular file"
+
+
+class FileChanged(InspectionInputError):
+    msg_fmt = "Cannot inspect %(path)s: it changed size while being read"
 
 
 # --- multi-store import / copy CLI -----------------------------------------
