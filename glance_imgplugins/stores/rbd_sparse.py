@@ -2,11 +2,17 @@
 
 Operators enable it as ``enabled_backends = ceph:rbd_sparse`` and configure
 the ``[ceph]`` section with every option of glance_store's ``rbd`` driver plus
-the ``rbd_sparse_*`` options below.  Everything except ``add()`` is
-upstream's: the location (``rbd://<fsid>/<pool>/<image>/snap``), the object
-size, the protected ``snap`` snapshot, ``get()``, ``delete()``.  So an image
+the ``rbd_sparse_*`` options below.  Everything except ``add()`` and
+``get()`` is upstream's: the location (``rbd://<fsid>/<pool>/<image>/snap``),
+the object size, the protected ``snap`` snapshot, ``delete()``.  So an image
 written here is read and deleted by the upstream driver and the other way
 round, and Nova/Cinder clone it copy-on-write as before.
+
+What ``get()`` does differently: it asks the cluster which extents of the
+image hold data (``diff_iterate`` from the image's creation) and yields
+zeros for the holes without reading them, in the same chunks as upstream
+(``rbd_store_chunk_size``).  Copy-image and downloads of a mostly-empty
+image then read only its data from Ceph.
 
 What ``add()`` does differently, and why:
 
@@ -32,6 +38,7 @@ No per-write state lives on the store object: Glance may run several
 
 from __future__ import annotations
 
+import bisect
 import collections
 import errno
 import json
@@ -40,7 +47,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from glance_store import capabilities
@@ -262,6 +269,57 @@ def _read_full(image_file: BinaryIO, size: int) -> bytes:
     return b''.join(parts)
 
 
+# --- reads ---------------------------------------------------------------
+
+# Extents are asked for this much of the image at a time: memory stays
+# bounded on huge images while a mostly-empty image costs few round trips.
+EXTENT_WINDOW = 1 * units.Gi
+
+
+def merge_extents(extents: Iterable[tuple[int, int]]
+                  ) -> list[tuple[int, int]]:
+    """Sorted, disjoint (start, end) ranges covering (offset, length) pairs.
+
+    ``diff_iterate`` may report extents out of order, touching, or (with a
+    parent image) overlapping; zero-length ones are dropped.
+    """
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted((o, o + n) for o, n in extents if n > 0):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def data_pieces(start: int, end: int, extents: list[tuple[int, int]]
+                ) -> list[tuple[int, int]]:
+    """The parts of [start, end) inside the sorted, disjoint ``extents``."""
+    first = bisect.bisect_right(extents, (start, math.inf)) - 1
+    pieces: list[tuple[int, int]] = []
+    for ext_start, ext_end in extents[max(first, 0):]:
+        if ext_start >= end:
+            break
+        lo, hi = max(ext_start, start), min(ext_end, end)
+        if lo < hi:
+            pieces.append((lo, hi))
+    return pieces
+
+
+def read_range(offset: int, length: int | None, size: int
+               ) -> tuple[int, int]:
+    """(start, end) of a read of ``length`` bytes (None: to the end) at
+    ``offset`` of an image of ``size`` bytes, clipped at the end like a
+    file read; a negative offset or length is refused."""
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError('offset and length must not be negative '
+                         '(offset %d, length %s)' % (offset, length))
+    start = min(offset, size)
+    end = size if length is None else min(size, offset + length)
+    return start, max(start, end)
+
+
 class Store(upstream.Store):
     """glance_store's RBD store with a sparse, pipelined, bounded add()."""
 
@@ -308,6 +366,38 @@ class Store(upstream.Store):
         msg = ('Store %s: the Ceph cluster did not answer %s within %ds '
                '(rbd_sparse_client_timeout)' % (self._name(), what, timeout))
         return exceptions.TimeoutError(message=msg, timeout=timeout)
+
+    # --- get ------------------------------------------------------------
+
+    @capabilities.check
+    def get(self, location: Any, offset: int = 0,
+            chunk_size: int | None = None,
+            context: Any = None) -> tuple[SparseImageIterator, int]:
+        """Read the image, skipping its holes; (chunk iterator, bytes).
+
+        The store keeps upstream's capabilities (no random access), so
+        glance_store refuses a non-zero ``offset`` or ``chunk_size`` with
+        ``StoreRandomGetNotSupported`` before this runs, as for upstream;
+        the reader itself reads such ranges as the filesystem store does.
+
+        :param offset: where to start reading
+        :param chunk_size: how many bytes to read (None or 0: to the end)
+        :raises: ``glance_store.exceptions.NotFound`` if the image does not
+                 exist, ``Invalid`` for a negative offset or length
+        """
+        loc = location.store_location
+        size = self.get_size(location, context=context)
+        # 0 means "not given" to glance_store's capability check as well.
+        length = chunk_size or None
+        try:
+            start, end = read_range(offset, length, size)
+        except ValueError as e:
+            raise exceptions.Invalid(
+                message='Store %s: cannot read image %s: %s'
+                % (self._name(), loc.image, e)) from e
+        return (SparseImageIterator(self, loc.pool or self.pool, loc.image,
+                                    loc.snapshot, offset, length,
+                                    self.READ_CHUNKSIZE), end - start)
 
     # --- add ------------------------------------------------------------
 
@@ -547,6 +637,107 @@ class Store(upstream.Store):
         LOG.error('Store %s: failed to store image %s: %s', self._name(),
                   image_name, exc)
         return exc
+
+
+class SparseImageIterator:
+    """An RBD image, chunk by chunk, holes yielded as zeros without reading.
+
+    An iterable like upstream's ``ImageIterator``: the connection opens when
+    iteration starts and closes when it ends or is abandoned.  Every chunk
+    is ``chunk_size`` bytes (the last one the rest), counted from
+    ``offset``.  Afterwards ``bytes_read`` tells what came from the cluster
+    and ``bytes_served`` what was yielded.
+    """
+
+    def __init__(self, store: Store, pool: str, name: str,
+                 snapshot: str | None, offset: int, length: int | None,
+                 chunk_size: int) -> None:
+        self.store = store
+        self.pool = pool
+        self.name = name
+        self.snapshot = snapshot
+        self.offset = offset
+        self.length = length
+        self.chunk_size = chunk_size
+        self.bytes_read = 0
+        self.bytes_served = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        store = self.store
+        started = time.monotonic()
+        try:
+            with store.get_connection(conffile=store.conf_file,
+                                      rados_id=store.user) as conn:
+                with conn.open_ioctx(self.pool) as ioctx:
+                    with rbd.Image(ioctx, self.name, snapshot=self.snapshot,
+                                   read_only=True) as image:
+                        yield from self._chunks(image)
+        except rbd.ImageNotFound as e:
+            raise exceptions.NotFound(
+                message='RBD image %s does not exist' % self.name) from e
+        except rbd.Timeout as e:
+            raise store._timeout_error('reading image %s' % self.name) from e
+        LOG.debug('Store %s: read image %s: %d bytes served, %d read from '
+                  'the cluster, in %.2fs', store._name(), self.name,
+                  self.bytes_served, self.bytes_read,
+                  time.monotonic() - started)
+
+    def _chunks(self, image: Any) -> Iterator[bytes]:
+        start, end = read_range(self.offset, self.length, image.size())
+        chunk_size = self.chunk_size
+        # One zero chunk serves every hole (bytes are immutable).
+        zeros = bytes(min(chunk_size, end - start))
+        zero_view = memoryview(zeros)
+        # Windows hold whole chunks, so chunks stay aligned to ``start``.
+        window = max(1, EXTENT_WINDOW // chunk_size) * chunk_size
+        pos = start
+        while pos < end:
+            window_end = min(end, pos + window)
+            extents = self._extents(image, pos, window_end)
+            while pos < window_end:
+                stop = min(pos + chunk_size, window_end)
+                pieces = data_pieces(pos, stop, extents)
+                if not pieces:
+                    chunk = zeros if stop - pos == len(zeros) else bytes(
+                        zero_view[:stop - pos])
+                elif pieces == [(pos, stop)]:
+                    chunk = image.read(pos, stop - pos)
+                else:
+                    parts: list[bytes | memoryview] = []
+                    at = pos
+                    for lo, hi in pieces:
+                        if lo > at:
+                            parts.append(zero_view[:lo - at])
+                        parts.append(image.read(lo, hi - lo))
+                        at = hi
+                    if at < stop:
+                        parts.append(zero_view[:stop - at])
+                    chunk = b''.join(parts)
+                if len(chunk) != stop - pos:
+                    raise exceptions.BackendException(
+                        'Store %s: short read of image %s: %d bytes at '
+                        'offset %d, expected %d' % (
+                            self.store._name(), self.name, len(chunk), pos,
+                            stop - pos))
+                self.bytes_read += sum(hi - lo for lo, hi in pieces)
+                self.bytes_served += len(chunk)
+                pos = stop
+                yield chunk
+
+    @staticmethod
+    def _extents(image: Any, start: int, end: int) -> list[tuple[int, int]]:
+        """Allocated extents of [start, end): diff_iterate from creation
+        (no snapshot to compare with), the parent's data included."""
+        found: list[tuple[int, int]] = []
+
+        def collect(offset: int, length: int, exists: bool) -> int:
+            if exists:
+                found.append((offset, length))
+            return 0
+
+        image.diff_iterate(start, end - start, None, collect,
+                           include_parent=True, whole_object=False)
+        return merge_extents(found)
 
 
 def _ignore_completion(completion: Any) -> None:
