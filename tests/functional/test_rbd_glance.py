@@ -1,18 +1,21 @@
 """``rbd_sparse`` inside a real Glance 33, on a real Ceph (bluestore).
 
-Glance runs with ``enabled_backends = ceph:rbd_sparse, local:file`` and our
+Glance runs with ``enabled_backends = ceph:rbd_sparse, edge:rbd_sparse,
+local:file`` (``ceph`` and ``edge`` on two Ceph clusters) and our
 ``image_introspection`` + ``format_conversion`` import plugins.  Every path
 that writes a store is exercised with the real ``glance`` CLI: a plain
-upload, an import of a qcow2 converted to raw into both stores, and a
-copy-image from the file store to Ceph.  Each time the Ceph image must be
-sparse (the OSD's stored-bytes counter) and read back bit-exact with
-``glance image-download``.
+upload, an import of a qcow2 converted to raw into both stores, a
+copy-image from the file store to Ceph, and a copy-image from one cluster
+to the other (central -> edge: our hole-aware ``get()`` feeds Glance's
+staging).  Each time the Ceph image must be sparse (the OSD's stored-bytes
+counter) and read back bit-exact with ``glance image-download``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pathlib
+import re
 import subprocess
 from typing import Any
 
@@ -22,6 +25,7 @@ from tests.support.digest import sha256
 from tests.support.ceph_cluster import (  # noqa: F401 (fixture)
     CephCluster,
     ceph_bluestore_cluster,
+    ceph_cluster,
 )
 from tests.support.glance_server import (
     ADMIN_TOKEN,
@@ -63,13 +67,15 @@ def qcow2_image(raw_image: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture(scope='module')
-def glance(glance_factory: Any,
-           ceph_bluestore_cluster: CephCluster) -> GlanceServer:
+def glance(glance_factory: Any, ceph_bluestore_cluster: CephCluster,
+           ceph_cluster: CephCluster) -> GlanceServer:
     ceph = ceph_bluestore_cluster
     server: GlanceServer = glance_factory(
         stores={'ceph': ('rbd_sparse', ceph.store_options(
                     'images', rbd_sparse_client_timeout=30)),
-                'local': ('file', {})},
+                'local': ('file', {}),
+                'edge': ('rbd_sparse', ceph_cluster.store_options(
+                    'images', rbd_sparse_client_timeout=30))},
         default_store='ceph',
         plugins=['image_introspection', 'format_conversion'])
     return server
@@ -177,10 +183,48 @@ def test_copy_image_from_file_store_to_ceph(
     assert image_id not in ceph.rbd_ls('images')
 
 
+def test_copy_image_central_to_edge_reads_only_the_data(
+        glance: GlanceServer, ceph_bluestore_cluster: CephCluster,
+        ceph_cluster: CephCluster, raw_image: pathlib.Path,
+        tmp_path: pathlib.Path) -> None:
+    central, edge = ceph_bluestore_cluster, ceph_cluster
+    out = glance.glance('image-create-via-import', '--name', 'dcn',
+                        '--disk-format', 'raw', '--container-format', 'bare',
+                        '--stores', 'ceph', '--file', str(raw_image),
+                        token=MEMBER_TOKEN)
+    image_id = parse_table(out.stdout)['id']
+    assert glance.wait_for_import(image_id)['stores'] == 'ceph'
+    assert image_id not in edge.rbd_ls('images')
+
+    glance.glance('image-import', '--import-method', 'copy-image',
+                  '--stores', 'edge', image_id, token=ADMIN_TOKEN)
+    image = glance.wait_for_import(image_id)
+    assert sorted(image['stores'].split(',')) == ['ceph', 'edge'], (
+        glance.last_task_message(image_id))
+    check_in_ceph(edge, image_id, VIRTUAL)
+    assert image['checksum'] == hashlib.md5(
+        raw_image.read_bytes()).hexdigest()
+    # Our get() on the central store read only the objects holding data
+    # (four islands touch four of the eight 8 MiB objects) and said so.
+    [line] = [ln for ln in glance.log_path.read_text().splitlines()
+              if 'Store ceph: read image %s:' % image_id in ln]
+    served, read = (int(w) for w in re.findall(r'(\d+) bytes served, '
+                                               r'(\d+) read', line)[0])
+    assert served == VIRTUAL
+    assert DATA_BYTES <= read <= 4 * 8 * MiB, line
+    # bit-exact from the edge alone
+    glance.glance('stores-delete', '--store', 'ceph', image_id)
+    assert glance.image(image_id)['stores'] == 'edge'
+    assert download(glance, image_id, tmp_path / 'out') == sha256(raw_image)
+    glance.glance('image-delete', image_id, token=MEMBER_TOKEN)
+    assert image_id not in edge.rbd_ls('images')
+    assert image_id not in central.rbd_ls('images')
+
+
 def test_stores_info(glance: GlanceServer) -> None:
     stores = {s['id']: s for s in glance.request(
         'GET', '/v2/info/stores')['stores']}
-    assert set(stores) == {'ceph', 'local'}
+    assert set(stores) == {'ceph', 'edge', 'local'}
     assert stores['ceph'].get('default') == 'true'
     # Known Glance 33 limitation (documented in doc/source/rbd_sparse.rst):
     # the detail view looks store types up in a fixed table and fails on any
