@@ -31,4 +31,5 @@ genconfig: setup
 # Benchmarks: never part of the tests; results go into doc/source/benchmarks.rst.
 bench: setup
 	tools/setup-env.sh ceph
+	$(VENV)/bin/pip install -q -r benchmarks/requirements.txt
 	$(PY) -m benchmarks
