@@ -31,7 +31,7 @@ fi
 stamp="$VENV/.deps-$(cat requirements.txt test-requirements.txt setup.cfg | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
     pip install -q -r requirements.txt -r test-requirements.txt
-    pip install -q --no-deps -e .
+    pip install -q -e ".[cli]"
     touch "$stamp"
 fi
 
