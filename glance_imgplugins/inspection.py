@@ -9,11 +9,23 @@ adds three things on top:
   (a vhdx metadata table at 3 MiB, a streamOptimized footer at the end of a
   multi-GiB file), so inspection reads headers only: well under 1 MiB and a few
   milliseconds whatever the virtual or file size;
+* Glance's one exception to "several formats match": an ISO whose other
+  match is only a partition table (MBR or GPT: a bootable, hybrid ISO) is an
+  ISO;
 * our own refusals: encryption, a truncated header of a known format, several
-  formats at once, a disallowed vmdk createType;
+  formats at once, a disallowed vmdk createType, a vhd or vhdx differencing
+  disk (``backing_file``);
+* compressed containers (gzip, xz, bzip2, zstd, zip, tar) recognised by
+  their magic bytes: a fact (``compression``), not a refusal (compressed
+  bytes are still a valid raw image);
 * facts and the image properties they imply (vmware_*, hw_disk_bus,
   hw_scsi_model, hw_firmware_type), read from the regions the inspectors
   already captured.
+
+Only regular files are inspected: a FIFO, a device or a socket raises
+``NotRegularFile`` before anything is read (a FIFO would block, a device
+would be read as endless raw bytes), and a file whose size changes while it
+is read raises ``FileChanged``.
 
 No oslo.config here: policy (which formats, which families of properties)
 belongs to the plugins.
@@ -24,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import struct
 import uuid
 import zlib
@@ -31,6 +44,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from oslo_utils.imageutils import format_inspector as fi
+
+from glance_imgplugins import exception
 
 PROPERTY_FAMILIES: tuple[str, ...] = ('vmware', 'bus', 'firmware')
 
@@ -109,6 +124,27 @@ _MAGICS = ((b'QFI\xfb', 'qcow2'), (b'KDMV', 'vmdk'), (b'conectix', 'vhd'),
            (b'LUKS\xba\xbe', 'luks'))
 
 _ESP_GUID = uuid.UUID('C12A7328-F81F-11D2-BA4B-00A0C93EC93B').bytes_le
+# vhdx metadata items (MS-VHDX 2.6.2): File Parameters (flags bit 1:
+# HasParent) and the Parent Locator a differencing disk carries.
+_VHDX_FILE_PARAMETERS = uuid.UUID(
+    'CAA16737-FA36-4D43-B3B6-33F0AA44E76B').bytes_le
+_VHDX_PARENT_LOCATOR = uuid.UUID(
+    'A8D35F2D-B30B-454D-ABF7-D3D84834AB0C').bytes_le
+
+# Compressed containers by magic bytes: (offset, magic, name).
+_COMPRESSION_MAGICS = (
+    (0, b'\x1f\x8b', 'gzip'),
+    (0, b'\xfd7zXZ\x00', 'xz'),
+    (0, b'(\xb5/\xfd', 'zstd'),
+    (0, b'PK\x03\x04', 'zip'),
+    (0, b'PK\x05\x06', 'zip'),
+    (257, b'ustar', 'tar'),
+)
+_BZIP2_RE = re.compile(rb'BZh[1-9]1AY&SY')
+
+_FILE_KINDS = ((stat.S_ISFIFO, 'FIFO'), (stat.S_ISCHR, 'character device'),
+               (stat.S_ISBLK, 'block device'), (stat.S_ISSOCK, 'socket'),
+               (stat.S_ISDIR, 'directory'))
 _VHD_TYPES = {2: 'fixed', 3: 'dynamic', 4: 'differencing'}
 
 
@@ -131,6 +167,26 @@ class InspectionResult:
     @property
     def safe(self) -> bool:
         return not self.failures
+
+    @property
+    def disk_formats(self) -> frozenset[str]:
+        """The Glance disk_formats a user may declare for this content.
+
+        ``format`` itself, and ``gpt`` too for a raw disk whose GPT is valid
+        (both CRC32s; Glance 33 knows disk_format gpt).  Empty when the
+        format is unknown.
+        """
+        if self.format == 'unknown':
+            return frozenset()
+        formats = {self.format}
+        if self.format == 'raw' and self.inspector_name == 'gpt' \
+                and self.facts.get('gpt_valid') is True:
+            formats.add('gpt')
+        return frozenset(formats)
+
+    def accepts_declared(self, disk_format: str) -> bool:
+        """Whether the declared ``disk_format`` matches the content."""
+        return disk_format in self.disk_formats
 
     def failure_summary(self) -> str:
         """``name (reason), ...``: the text a user reads about a refusal."""
@@ -189,6 +245,8 @@ class _Detection:
         self.inspector: fi.FileInspector | None = None
         self.error: str | None = None
         self.matches: list[str] = []
+        # The partition table in front of a bootable ISO.
+        self.hybrid: fi.FileInspector | None = None
 
 
 def _next_wanted(inspector: fi.FileInspector, pos: int,
@@ -260,7 +318,13 @@ def _detect(reader: _Reader) -> _Detection:
             continue
         matches = [i for i in non_raw if i.format_match]
         result.matches = sorted(i.NAME for i in matches)
-        if len(matches) > 1:
+        if result.matches == ['gpt', 'iso']:
+            # Glance's rule (glance/location.py): a bootable-as-block ISO
+            # legitimately has an MBR or GPT in front; any other pair (a
+            # qcow2 header in the system area) stays refused.
+            result.inspector = [i for i in matches if i.NAME == 'iso'][0]
+            result.hybrid = [i for i in matches if i.NAME == 'gpt'][0]
+        elif len(matches) > 1:
             result.error = ('several formats match: %s'
                             % ', '.join(result.matches))
         elif matches:
@@ -386,7 +450,8 @@ def _vmdk_facts(insp: fi.VMDKInspector, f: _Findings,
         f.prop('vmware_hw_version', hw)
 
 
-def _gpt_facts(reader: _Reader, mbr: bytes, f: _Findings) -> None:
+def _gpt_facts(reader: _Reader, mbr: bytes, f: _Findings,
+               set_properties: bool = True) -> None:
     """Partition table kind, and an EFI System Partition in a valid GPT.
 
     format_inspector reads the MBR only; the GPT header and entries (LBA 1
@@ -423,7 +488,7 @@ def _gpt_facts(reader: _Reader, mbr: bytes, f: _Findings) -> None:
         f.facts['gpt_esp'] = any(
             entries[i:i + 16] == _ESP_GUID
             for i in range(0, len(entries), esize))
-        if f.facts['gpt_esp']:
+        if f.facts['gpt_esp'] and set_properties:
             f.prop('hw_firmware_type', 'uefi')
         return
     f.facts['gpt_valid'] = False
@@ -455,6 +520,59 @@ def _vhd_facts(insp: fi.VHDInspector, f: _Findings) -> None:
                                       % footer['disk_type'])
 
 
+def _vhdx_facts(insp: fi.VHDXInspector, reader: _Reader,
+                f: _Findings) -> None:
+    """A differencing vhdx: HasParent or a Parent Locator item.
+
+    The inspector captured the metadata table (its entries); the File
+    Parameters item it names is 8 bytes read here.
+    """
+    if not insp.has_region('metadata'):
+        return
+    region = insp.region('metadata')
+    table = bytes(region.data)
+    if len(table) < 32 or table[:8] != b'metadata':
+        return
+    (count,) = struct.unpack('<H', table[10:12])
+    locator = False
+    has_parent = False
+    for i in range(min(count, 2047)):
+        entry = table[32 + 32 * i:64 + 32 * i]
+        if len(entry) < 32:
+            break
+        if entry[:16] == _VHDX_PARENT_LOCATOR:
+            locator = True
+        elif entry[:16] == _VHDX_FILE_PARAMETERS:
+            (offset,) = struct.unpack('<I', entry[16:20])
+            params = reader.read(region.offset + offset, 8)
+            if len(params) == 8:
+                has_parent = bool(struct.unpack('<I', params[4:8])[0] & 2)
+    f.facts['vhdx_has_parent'] = has_parent
+    f.facts['vhdx_parent_locator'] = locator
+    if has_parent or locator:
+        f.failures['backing_file'] = ('vhdx image is a differencing disk '
+                                      '(it names a parent)')
+
+
+def _compression(head: bytes) -> str | None:
+    """The compressed container ``head`` (the first 512 bytes) starts."""
+    for offset, magic, name in _COMPRESSION_MAGICS:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if _BZIP2_RE.match(head):
+        return 'bzip2'
+    return None
+
+
+def _file_kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            return kind
+    return 'special file'
+
+
 # --- the one entry point -----------------------------------------------------
 
 def inspect_file(
@@ -464,14 +582,28 @@ def inspect_file(
     """Inspect the image at ``path``.
 
     Never raises for a bad or hostile image (``failures`` says why it is
-    refused); raises OSError only when the file cannot be read.
+    refused).  Raises ``exception.NotRegularFile`` (``kind``: FIFO,
+    character device, block device, socket, directory) without reading or
+    blocking, ``exception.FileChanged`` when the file's size changes while
+    it is read, and OSError when it cannot be read.
     """
-    fd = os.open(path, os.O_RDONLY)
+    # stat first: opening a FIFO would block until a writer comes, and a
+    # socket cannot be opened at all.
+    kind = _file_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise exception.NotRegularFile(path=path, kind=kind)
+    # O_NONBLOCK: if it was swapped for a FIFO since, open must not wait.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
+        kind = _file_kind(st.st_mode)
+        if kind is not None:
+            raise exception.NotRegularFile(path=path, kind=kind)
         reader = _Reader(fd, st.st_size)
         f = _Findings()
         inspector_name = _inspect(reader, f, tuple(vmdk_allowed_types))
+        if os.fstat(fd).st_size != st.st_size:
+            raise exception.FileChanged(path=path)
     finally:
         os.close(fd)
     families = {k: _PROPERTY_FAMILY[k] for k in f.properties}
@@ -500,6 +632,11 @@ def _inspect(reader: _Reader, f: _Findings,
         return 'unknown'
     name = insp.NAME
     f.format = _GLANCE_FORMAT.get(name, name)
+    if detection.hybrid is not None:
+        # Facts only: a hybrid ISO's boot firmware is the ISO's business.
+        f.facts['matched_formats'] = detection.matches
+        _gpt_facts(reader, bytes(detection.hybrid.region('mbr').data), f,
+                   set_properties=False)
     try:
         insp.safety_check()
     except fi.SafetyCheckFailed as exc:
@@ -516,6 +653,9 @@ def _inspect(reader: _Reader, f: _Findings,
                 f.failures['format_detection'] = (
                     'file starts like %s but its header is truncated or '
                     'corrupt' % fmt)
+        container = _compression(head)
+        if container is not None:
+            f.facts['compression'] = container
     elif name == 'gpt':
         f.virtual_size = reader.size
         _gpt_facts(reader, bytes(insp.region('mbr').data), f)
@@ -534,6 +674,8 @@ def _inspect(reader: _Reader, f: _Findings,
         _vmdk_facts(insp, f, vmdk_allowed_types)
     elif isinstance(insp, fi.VHDInspector):
         _vhd_facts(insp, f)
+    elif isinstance(insp, fi.VHDXInspector):
+        _vhdx_facts(insp, reader, f)
 
     if name in ('raw', 'gpt') and reader.size >= 1024:
         # A fixed VHD is raw data followed by a footer, which

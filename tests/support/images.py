@@ -14,14 +14,25 @@ one attack class and list the EXACT failure names inspection reports.
 Images are small: 16 MiB virtual with about 2 MiB of data (compressible text
 and incompressible random bytes in four extents, the rest holes).
 
-External tools: qemu-img (qemu-utils) and xorriso.  Hostile files are crafted
-by patching real images (descriptor text, header bytes), and GPT/MBR disks are
-written here with struct + CRC32 as the UEFI spec lays them out.
+External tools: qemu-img and qemu-io (qemu-utils), xorriso, sgdisk (gdisk)
+and zstd.  Hostile files are crafted by patching real images (descriptor
+text, header bytes, L2 tables, block maps, vhdx metadata), and GPT/MBR disks
+are written here with struct + CRC32 as the UEFI spec lays them out.
+
+Besides ``BENIGN`` and ``HOSTILE``: ``SIZE_GUARD`` (images whose point is the
+bytes a conversion writes, ``Entry.data_bytes``: expansion bombs that
+inspection alone finds safe, and an image whose data fills the guest),
+``QEMU_REFUSED`` (content only qemu-img's driver refuses,
+``Entry.qemu_check``) and ``COMPRESSED`` (a qcow2 inside gzip, xz, bzip2,
+zstd, zip and tar: inspection says raw with the fact ``compression``).
 """
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
+import lzma
 import os
 import pathlib
 import random
@@ -29,8 +40,10 @@ import re
 import shutil
 import struct
 import subprocess
+import tarfile
 import threading
 import uuid
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 
@@ -372,6 +385,204 @@ def _vmdk_flat_host_path(d: pathlib.Path, name: str) -> pathlib.Path:
     return out
 
 
+# --- expansion bombs and full images ---------------------------------------
+
+GiB = 1 << 30
+
+
+def _qcow2_l2_repeat(d: pathlib.Path, name: str) -> pathlib.Path:
+    """1 GiB qcow2 with one 64 KiB data cluster that every guest cluster maps
+    to: both L1 entries name the first L2 table, whose entries all copy
+    entry 0.  A few hundred KiB on disk, 1 GiB of non-zero guest data."""
+    out = d / (name + '.qcow2')
+    qemu_img('create', '-f', 'qcow2', str(out), str(GiB))
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x41 0 64k',
+                    str(out)], check=True, capture_output=True)
+    with open(out, 'r+b') as f:
+        header = f.read(104)
+        l1_size, l1_offset = struct.unpack('>IQ', header[36:48])
+        cluster = 1 << struct.unpack('>I', header[20:24])[0]
+        f.seek(l1_offset)
+        l1 = f.read(8 * l1_size)
+        f.seek(l1_offset)
+        f.write(l1[:8] * l1_size)
+        l2_offset = struct.unpack('>Q', l1[:8])[0] & 0x00FFFFFFFFFFFE00
+        f.seek(l2_offset)
+        first = f.read(8)
+        f.seek(l2_offset)
+        f.write(first * (cluster // 8))
+    return out
+
+
+def _vdi_block_repeat(d: pathlib.Path, name: str) -> pathlib.Path:
+    """256 MiB vdi with one 1 MiB block that every block map entry names."""
+    out = d / (name + '.vdi')
+    qemu_img('create', '-f', 'vdi', str(out), str(256 * MiB))
+    subprocess.run(['qemu-io', '-f', 'vdi', '-c', 'write -P 0x42 0 1M',
+                    str(out)], check=True, capture_output=True)
+    with open(out, 'r+b') as f:
+        header = f.read(512)
+        (bmap,) = struct.unpack('<I', header[0x154:0x158])
+        (blocks,) = struct.unpack('<I', header[0x180:0x184])
+        f.seek(bmap)
+        first = f.read(4)
+        f.seek(bmap)
+        f.write(first * blocks)
+    return out
+
+
+def _qcow2_full(d: pathlib.Path, name: str) -> pathlib.Path:
+    """16 MiB qcow2 whose data fills the guest (random, incompressible)."""
+    raw = d / ('_%s.raw' % name)
+    raw.write_bytes(random.Random(name).randbytes(VIRTUAL_SIZE))
+    out = d / (name + '.qcow2')
+    qemu_img('convert', '-f', 'raw', '-O', 'qcow2', str(raw), str(out))
+    raw.unlink()
+    return out
+
+
+# --- content only qemu-img refuses -----------------------------------------
+
+def _qcow2_header_patch(offset: int, value: bytes) -> Builder:
+    return _patched(_convert('qcow2'), 'qcow2', _set_bytes(offset, value))
+
+
+# --- bootable ISOs, blank GPT, vhdx with a parent --------------------------
+
+def _iso_tree(d: pathlib.Path, name: str) -> pathlib.Path:
+    src = d / ('_%s_tree' % name)
+    src.mkdir(exist_ok=True)
+    (src / 'README.TXT').write_bytes(seed_bytes(0))
+    return src
+
+
+def _iso_hybrid_mbr(d: pathlib.Path, name: str) -> pathlib.Path:
+    # -partition_offset 16: an MBR partition for the ISO filesystem, as
+    # isohybrid images (bootable from a USB stick) carry.
+    out = d / (name + '.iso')
+    subprocess.run(['xorriso', '-as', 'mkisofs', '-quiet', '-V', 'CORPUS',
+                    '-partition_offset', '16', '-o', str(out),
+                    str(_iso_tree(d, name))], check=True, capture_output=True)
+    return out
+
+
+def _iso_hybrid_gpt(d: pathlib.Path, name: str) -> pathlib.Path:
+    # A GPT (protective MBR) with an appended EFI System Partition, as
+    # UEFI-bootable distribution ISOs have.
+    tree = _iso_tree(d, name)
+    efi = d / ('_%s_efi.img' % name)
+    efi.write_bytes(random.Random(name).randbytes(MiB))
+    out = d / (name + '.iso')
+    subprocess.run(['xorriso', '-as', 'mkisofs', '-quiet', '-V', 'CORPUS',
+                    '-partition_offset', '16', '-append_partition', '2',
+                    '0xef', str(efi), '-appended_part_as_gpt', '-o',
+                    str(out), str(tree)], check=True, capture_output=True)
+    return out
+
+
+def _gpt_blank(d: pathlib.Path, name: str) -> pathlib.Path:
+    # What Tempest's ImagesFormatTest uploads as disk_format gpt: a blank
+    # disk with a new, empty GPT written by sgdisk.
+    out = d / (name + '.raw')
+    with open(out, 'wb') as f:
+        f.truncate(VIRTUAL_SIZE)
+    subprocess.run(['sgdisk', '--clear', str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+_VHDX_METADATA_REGION = uuid.UUID('8B7CA206-4790-4B9A-B8FE-575F050F886E')
+_VHDX_FILE_PARAMETERS = uuid.UUID('CAA16737-FA36-4D43-B3B6-33F0AA44E76B')
+VHDX_PARENT_LOCATOR = uuid.UUID('A8D35F2D-B30B-454D-ABF7-D3D84834AB0C')
+_VHDX_LOCATOR_TYPE = uuid.UUID('B04AEFB7-D19E-4A81-B789-25B8E9445913')
+
+
+def _vhdx_parent_locator() -> bytes:
+    pairs = [('parent_linkage', '{%s}' % uuid.UUID(int=7)),
+             ('absolute_win32_path', '\\\\?\\C:\\images\\parent.vhdx')]
+    table = bytearray(_VHDX_LOCATOR_TYPE.bytes_le
+                      + struct.pack('<HH', 0, len(pairs)))
+    heap = bytearray()
+    base = 20 + 12 * len(pairs)
+    for key, value in pairs:
+        k, v = key.encode('utf-16-le'), value.encode('utf-16-le')
+        table += struct.pack('<IIHH', base + len(heap),
+                             base + len(heap) + len(k), len(k), len(v))
+        heap += k + v
+    return bytes(table + heap)
+
+
+def _vhdx_differencing(d: pathlib.Path, name: str) -> pathlib.Path:
+    """A vhdx that says it has a parent: File Parameters HasParent set and
+    a Parent Locator metadata item (qemu-img cannot write one)."""
+    src = _convert('vhdx')(d, '_' + name)
+    out = d / (name + '.vhdx')
+    os.replace(src, out)
+    with open(out, 'r+b') as f:
+        f.seek(192 * 1024)
+        regions = f.read(64 * 1024)
+        (count,) = struct.unpack('<I', regions[8:12])
+        meta = None
+        for i in range(count):
+            entry = regions[16 + 32 * i:48 + 32 * i]
+            if entry[:16] == _VHDX_METADATA_REGION.bytes_le:
+                (meta,) = struct.unpack('<Q', entry[16:24])
+        assert meta is not None
+        f.seek(meta)
+        table = bytearray(f.read(64 * 1024))
+        (items,) = struct.unpack('<H', table[10:12])
+        end = 0
+        for i in range(items):
+            entry = table[32 + 32 * i:64 + 32 * i]
+            offset, length = struct.unpack('<II', entry[16:24])
+            end = max(end, offset + length)
+            if entry[:16] == _VHDX_FILE_PARAMETERS.bytes_le:
+                f.seek(meta + offset + 4)
+                (flags,) = struct.unpack('<I', f.read(4))
+                f.seek(meta + offset + 4)
+                f.write(struct.pack('<I', flags | 2))  # HasParent
+        locator = _vhdx_parent_locator()
+        offset = (end + 7) // 8 * 8
+        new = (VHDX_PARENT_LOCATOR.bytes_le
+               + struct.pack('<IIII', offset, len(locator), 0x6, 0))
+        table[32 + 32 * items:64 + 32 * items] = new
+        table[10:12] = struct.pack('<H', items + 1)
+        f.seek(meta)
+        f.write(table[:64 + 32 * items])
+        f.seek(meta + offset)
+        f.write(locator)
+    return out
+
+
+# --- compressed containers -------------------------------------------------
+
+def _compressed(container: str) -> Builder:
+    def build(d: pathlib.Path, name: str) -> pathlib.Path:
+        inner = _convert('qcow2')(d, '_%s_inner' % name)
+        data = inner.read_bytes()
+        out = d / ('%s.qcow2.%s' % (name, container))
+        if container == 'gz':
+            out.write_bytes(gzip.compress(data))
+        elif container == 'xz':
+            out.write_bytes(lzma.compress(data))
+        elif container == 'bz2':
+            out.write_bytes(bz2.compress(data))
+        elif container == 'zst':
+            subprocess.run(['zstd', '-q', '-f', '-o', str(out), str(inner)],
+                           check=True, capture_output=True)
+        elif container == 'zip':
+            with zipfile.ZipFile(out, 'w', zipfile.ZIP_DEFLATED) as z:
+                z.write(inner, 'disk.qcow2')
+        elif container == 'tar':
+            with tarfile.open(out, 'w', format=tarfile.USTAR_FORMAT) as t:
+                t.add(inner, 'disk.qcow2')
+        else:
+            raise ValueError(container)
+        inner.unlink()
+        return out
+    return build
+
+
 # --- the corpus ------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -389,6 +600,11 @@ class Entry:
     # never open it (hostile) or cannot.
     qemu_format: str | None = None
     doc: str = ''
+    # Bytes of guest data qemu-img map reports (mapped_data_bytes), when
+    # the entry is about that.
+    data_bytes: int | None = None
+    # The check QemuImgRefused names when qemu-img opens the file.
+    qemu_check: str | None = None
 
     @property
     def hostile(self) -> bool:
@@ -494,6 +710,21 @@ BENIGN: dict[str, Entry] = _entries(
           doc='VirtualBox vdi'),
     Entry('iso', _iso, 'iso', virtual_size=None, qemu_format='raw',
           doc='ISO 9660 from xorriso'),
+    Entry('iso_hybrid_mbr', _iso_hybrid_mbr, 'iso', virtual_size=None,
+          facts={'partition_table': 'mbr', 'matched_formats': ['gpt', 'iso']},
+          qemu_format='raw',
+          doc='bootable (hybrid) ISO: an MBR partition table in front'),
+    Entry('iso_hybrid_gpt', _iso_hybrid_gpt, 'iso', virtual_size=None,
+          facts={'partition_table': 'gpt', 'gpt_valid': True,
+                 'gpt_esp': True, 'matched_formats': ['gpt', 'iso']},
+          qemu_format='raw',
+          doc='bootable (hybrid) ISO: a GPT with an EFI System Partition'),
+    Entry('raw_gpt_blank', _gpt_blank, 'raw',
+          facts={'partition_table': 'gpt', 'gpt_valid': True,
+                 'gpt_esp': False},
+          qemu_format='raw',
+          doc='blank disk with an empty GPT (sgdisk --clear): disk_format '
+          'gpt'),
 )
 
 HOSTILE: dict[str, Entry] = _entries(
@@ -567,9 +798,60 @@ HOSTILE: dict[str, Entry] = _entries(
           virtual_size=0, doc='qed image (format always refused)'),
     Entry('luks', _luks, 'luks', frozenset({'encryption'}), virtual_size=None,
           doc='LUKS-encrypted raw image'),
+    Entry('vhdx_differencing', _vhdx_differencing, 'vhdx',
+          frozenset({'backing_file'}),
+          facts={'vhdx_has_parent': True, 'vhdx_parent_locator': True},
+          qemu_check='header',
+          doc='vhdx differencing disk (HasParent and a parent locator)'),
 )
 
-ENTRIES: dict[str, Entry] = {**BENIGN, **HOSTILE}
+SIZE_GUARD: dict[str, Entry] = _entries(
+    Entry('qcow2_l2_repeat_bomb', _qcow2_l2_repeat, 'qcow2',
+          virtual_size=GiB, qemu_format='qcow2', data_bytes=GiB,
+          doc='qcow2 whose L2 entries all name one data cluster: 1 GiB of '
+          'data from a few hundred KiB'),
+    Entry('vdi_block_repeat_bomb', _vdi_block_repeat, 'vdi',
+          virtual_size=256 * MiB, qemu_format='vdi', data_bytes=256 * MiB,
+          doc='vdi whose block map names one block 256 times'),
+    Entry('qcow2_full', _qcow2_full, 'qcow2', qemu_format='qcow2',
+          data_bytes=VIRTUAL_SIZE,
+          doc='qcow2 whose incompressible data fills the guest'),
+)
+
+QEMU_REFUSED: dict[str, Entry] = _entries(
+    Entry('qcow2_l1_too_large',
+          _qcow2_header_patch(36, struct.pack('>I', 0x2000001)), 'qcow2',
+          qemu_format='qcow2', qemu_check='l1_table',
+          doc='qcow2 whose l1_size is beyond what qemu accepts'),
+    Entry('qcow2_header_too_long',
+          _qcow2_header_patch(100, struct.pack('>I', 70000)), 'qcow2',
+          qemu_format='qcow2', qemu_check='header',
+          doc='qcow2 v3 header_length beyond its 64 KiB cluster'),
+    Entry('qcow2_cluster_bits_8',
+          _qcow2_header_patch(20, struct.pack('>I', 8)), 'qcow2',
+          qemu_format='qcow2', qemu_check='cluster_size',
+          facts={'cluster_size': None},
+          doc='qcow2 with 256-byte clusters (qemu needs 512 B..2 MiB)'),
+    Entry('qcow2_refcount_table_too_large',
+          _qcow2_header_patch(56, struct.pack('>I', 0x7FFFFFFF)), 'qcow2',
+          qemu_format='qcow2', qemu_check='refcount_table',
+          doc='qcow2 whose refcount table would be 128 TiB'),
+    Entry('qcow2_snapshot_table_too_large',
+          _qcow2_header_patch(60, struct.pack('>I', 70000)), 'qcow2',
+          qemu_format='qcow2', qemu_check='snapshot_table',
+          doc='qcow2 claiming 70000 snapshots'),
+)
+
+COMPRESSED: dict[str, Entry] = _entries(*(
+    Entry('qcow2_in_%s' % kind, _compressed(ext), 'raw', virtual_size=None,
+          facts={'compression': kind}, qemu_format='raw',
+          doc='qcow2 compressed with %s (declared qcow2: refused as '
+          'compressed)' % kind)
+    for kind, ext in (('gzip', 'gz'), ('xz', 'xz'), ('bzip2', 'bz2'),
+                      ('zstd', 'zst'), ('zip', 'zip'), ('tar', 'tar'))))
+
+ENTRIES: dict[str, Entry] = {**BENIGN, **HOSTILE, **SIZE_GUARD,
+                              **QEMU_REFUSED, **COMPRESSED}
 
 
 class Corpus:
