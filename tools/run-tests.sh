@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the three test layers with the project venv. Extra args go to pytest.
+# Runs the three test layers with the project venv (extra args go to pytest),
+# then the docs build and the sample config check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-$PWD/.venv}
@@ -11,4 +12,12 @@ for layer in unit flow functional; do
     # 5: a layer with no tests yet is not a failure.
     if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
 done
+# The docs build with warnings as errors, and the sample config matches
+# what genconfig writes (both take seconds).
+echo "=== docs"
+"$VENV/bin/doc8" -q doc/source README.rst || status=1
+"$VENV/bin/sphinx-build" -q -W --keep-going -b html -d doc/build/doctrees \
+    doc/source doc/build/html || status=1
+echo "=== sample config"
+"$VENV/bin/python" tools/check-sample-config.py || status=1
 exit $status
