@@ -141,8 +141,8 @@ class VirtualSizeTooLarge(LimitExceeded):
 
 
 class ConvertedSizeTooLarge(LimitExceeded):
-    msg_fmt = ("The converted image would hold %(needed)d bytes of data, "
-               "more than the limit of %(limit)d bytes (%(option)s): not "
+    msg_fmt = ("The converted image would hold at least %(needed)d bytes of "
+               "data, more than the limit of %(limit)d bytes (%(option)s): not "
                "imported")
 
 
@@ -153,8 +153,8 @@ class DecompressedSizeTooLarge(LimitExceeded):
 
 class InsufficientSpace(Retryable):
     msg_fmt = ("Not enough space in the staging area for image %(image)s: "
-               "%(needed)d bytes needed, %(free)d available after the "
-               "reserve")
+               "at least %(needed)d bytes needed, %(free)d available after "
+               "the reserve")
 
 
 # --- retryable: the configuration -------------------------------------------
@@ -231,20 +231,46 @@ class FileChanged(InspectionInputError):
     msg_fmt = "Cannot inspect %(path)s: it changed size while being read"
 
 
-# --- multi-store import / copy CLI -----------------------------------------
+# --- the command line (multi-store import / copy / watch, OSC plugin) -------
+#
+# ``exit_status`` is what ``glance-imgplugins`` / ``openstack image ...``
+# return for the error (glance_imgplugins.cmd.status lists them all).
 
 class MultistoreError(GlanceImgPluginsError):
     """An import or copy could not be started or watched."""
 
+    exit_status: ClassVar[int] = 1
     msg_fmt = "Multi-store import: %(reason)s"
 
 
 class ApiConnectionError(MultistoreError):
+    """The Image API (or Keystone) could not be reached; may be transient."""
+
     msg_fmt = "Cannot reach the Image API: %(reason)s"
 
 
+class AuthenticationError(MultistoreError):
+    msg_fmt = "Authentication failed: %(reason)s"
+
+
 class ImageApiError(MultistoreError):
+    """The Image API answered with an HTTP error status."""
+
     msg_fmt = "Image API refused to %(action)s: %(reason)s"
+
+    @property
+    def http_status(self) -> int | None:
+        status = self.kwargs.get('status')
+        return status if isinstance(status, int) else None
+
+
+class ImageNotFound(MultistoreError):
+    msg_fmt = "No image with name or ID %(image)s"
+
+
+class AmbiguousImage(MultistoreError):
+    msg_fmt = ("%(count)d images are named %(image)s: give the image ID "
+               "instead")
 
 
 class UnknownStores(MultistoreError):
@@ -253,3 +279,15 @@ class UnknownStores(MultistoreError):
 
 class ImageFileError(MultistoreError):
     msg_fmt = "Cannot read image file %(path)s: %(reason)s"
+
+
+class UnreadableInput(MultistoreError):
+    """``inspect`` was given something it cannot read as an image file."""
+
+    exit_status = 7
+    msg_fmt = "Cannot read %(path)s: %(reason)s"
+
+
+class CliExtraMissing(MultistoreError):
+    msg_fmt = ("The %(command)s command needs the CLI libraries: install "
+               "them with: pip install 'glance-imgplugins[cli]'")

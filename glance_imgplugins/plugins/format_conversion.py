@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """``format_conversion``: bring imported images into one safe format.
 
 Replaces Glance's in-tree ``image_conversion``.  On the staged file, in
@@ -8,43 +20,53 @@ message):
 2. inspection (``glance_imgplugins.inspection``: header reads only) finds no
    failed safety check: backing file, data-file, vmdk extents/createType,
    unknown features, encryption, several formats at once, GPT/MBR oddities;
-3. the detected format equals the declared disk_format;
+3. the detected format equals the declared disk_format (``gpt`` is a raw
+   disk with a GPT; a bootable ISO whose other match is only a partition
+   table is an ISO; compressed data is named as such);
 4. an ISO declared as ISO is left untouched when ``preserve_iso``;
 5. ``qemu-img info -f <format>`` (under limits) agrees on the format and
-   sees no backing file or data-file;
+   sees no backing file or data-file; what it reports about the content is
+   a named refusal;
 6. the virtual size is within ``max_virtual_size``;
 7. already in ``output_format``: nothing is converted or copied;
-8. the staging filesystem has room for the output (see
-   :func:`estimate_output_bytes`);
-9. ``qemu-img convert`` (under limits, with a timeout) writes
-   ``<staged>.<format>``, reporting percent done in the task message;
+8. the bytes the conversion will write, counted from the image's mapping,
+   are within ``max_converted_size`` and the staging free space less
+   ``staging_reserve``;
+9. ``qemu-img convert`` (under limits, with a timeout, stopped if staging
+   space falls under the reserve) writes the output, reporting percent done
+   in the task message;
 10. the output is inspected again and must be exactly ``output_format`` and
     pass the same checks (a disk image hidden inside the guest data would
     surface here);
-11. disk_format, virtual_size and size are set, the original format is kept
-    in the ``img_original_disk_format`` property, and the staged original is
-    removed; the output is what Glance then writes to the stores.
+11. the output replaces the staged original under the image's own staging
+    name, so Glance's own delete and housekeeping remove it; disk_format,
+    virtual_size and size are set and the original format is kept in the
+    ``img_original_disk_format`` property.
 
-On failure the revert removes partial output, puts the original disk_format
-back, marks every requested store failed and leaves the image either
-``uploading`` with its staged data kept (glance-direct, when retrying can
-help: a limit, the configuration, qemu-img failing or timing out, no space)
-so ``glance image-import --import-method glance-direct`` retries without a
-new upload, or ``queued`` with the staged data removed (the image's content
-was refused, or it came by web-download, whose own revert removes it).
+Where the staging filesystem supports it, qemu-img writes into an unnamed
+file (``O_TMPFILE``) that only gets a name once it is complete: a killed API
+process leaves no partial output behind.
+
+Failures follow the contract of :mod:`glance_imgplugins.exception`: a
+refused image goes back to ``queued`` with its staged data removed; a
+limit, the configuration, qemu-img failing or the staging space leave it
+``uploading`` with the staged data kept for ``glance image-import
+--import-method glance-direct``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
-import logging
 import os
+import subprocess
+import threading
 from typing import Any
 
 from oslo_config import cfg
+from oslo_log import log as logging
 from oslo_utils import units
 from taskflow.patterns import linear_flow as lf
-from taskflow import task
 
 from glance_imgplugins import exception
 from glance_imgplugins import inspection
@@ -60,7 +82,9 @@ PLUGIN = 'format_conversion'
 ORIGINAL_FORMAT_PROPERTY = 'img_original_disk_format'
 
 OUTPUT_FORMATS = ('raw', 'qcow2')
-INPUT_FORMATS = ('raw', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'vdi', 'iso')
+INPUT_FORMATS = ('raw', 'gpt', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'vdi', 'iso')
+#: Suffixes of the outputs this plugin ever wrote next to a staged image.
+OUTPUT_SUFFIXES = tuple('.' + f for f in OUTPUT_FORMATS)
 
 conversion_opts = [
     cfg.StrOpt('output_format',
@@ -208,13 +232,45 @@ Possible values:
 Related options:
     * None
 """),
+    cfg.IntOpt('staging_reserve',
+               default=units.Gi,
+               min=0,
+               help="""
+Bytes of the staging filesystem that a conversion must leave free.
+
+Before converting, the bytes the conversion will write (every guest range
+that holds data, read from the image's own mapping: a small upload whose
+tables repeat one cluster counts in full) must fit the staging free space
+less this reserve, or the import fails with both sizes named and the staged
+data kept.  While qemu-img runs, a free space under the reserve (other
+imports fill the same filesystem) stops the conversion and removes its
+partial output.
+
+Possible values:
+    * A number of bytes (default 1 GiB); 0 disables the reserve
+
+Related options:
+    * max_converted_size
+    * [os_glance_staging_store] filesystem_store_datadir
+"""),
+    cfg.IntOpt('max_converted_size',
+               min=0,
+               help="""
+Largest amount of data, in bytes, one conversion may write.
+
+Counted before converting, from the image's mapping (not from the upload's
+size, which a crafted image can make tiny).
+
+Possible values:
+    * Unset: the value of max_virtual_size (default)
+    * 0: no limit other than the staging space
+    * A positive number of bytes
+
+Related options:
+    * max_virtual_size
+    * staging_reserve
+"""),
 ]
-
-_REGISTRATION_ERROR = base.register_opts(cfg.CONF, GROUP, conversion_opts)
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [(GROUP, list(conversion_opts))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +278,8 @@ class Settings:
     output_format: str
     allowed_input_formats: tuple[str, ...]
     max_virtual_size: int
+    max_converted_size: int
+    staging_reserve: int
     info_limits: qemu_img.Limits
     convert_limits: qemu_img.Limits
     preserve_iso: bool
@@ -241,9 +299,17 @@ def _glance_image_format(conf: cfg.ConfigOpts) -> tuple[tuple[str, ...],
         return inspection.DEFAULT_VMDK_ALLOWED_TYPES, frozenset()
 
 
+def python_interpreter(conf: cfg.ConfigOpts) -> str | None:
+    """``[wsgi] python_interpreter``: the Python that runs the prlimit
+    wrapper (under uWSGI ``sys.executable`` is not a usable one)."""
+    try:
+        value = conf.wsgi.python_interpreter
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return None
+    return str(value) if value else None
+
+
 def load_settings(conf: cfg.ConfigOpts) -> Settings:
-    if _REGISTRATION_ERROR is not None:
-        raise exception.ConfigError(reason=str(_REGISTRATION_ERROR))
     group = conf[GROUP]
     allowed = tuple(f.strip() for f in group.allowed_input_formats
                     if f.strip())
@@ -255,26 +321,30 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
                 GROUP, '' if len(unknown) == 1 else 's', ', '.join(unknown),
                 ', '.join(INPUT_FORMATS)))
     if not allowed:
-        problems.append('[%s] allowed_input_formats is empty: every import '
+        problems.append('[%s] allowed_input_formats: empty, every import '
                         'would be refused' % GROUP)
-    output_format = group.output_format
-    if output_format not in OUTPUT_FORMATS:
-        problems.append('[%s] output_format %r is not one of %s' % (
-            GROUP, output_format, ', '.join(OUTPUT_FORMATS)))
     if problems:
         raise exception.ConfigError(reason='; '.join(problems))
     vmdk_allowed, gpt_nonfatal = _glance_image_format(conf)
     address_space = group.qemu_img_address_space
+    python_exec = python_interpreter(conf)
+    max_converted = group.max_converted_size
+    if max_converted is None:
+        max_converted = group.max_virtual_size
     return Settings(
-        output_format=output_format,
+        output_format=group.output_format,
         allowed_input_formats=allowed,
         max_virtual_size=group.max_virtual_size,
+        max_converted_size=max_converted,
+        staging_reserve=group.staging_reserve,
         info_limits=qemu_img.Limits(address_space=address_space,
                                     cpu_time=group.qemu_img_info_cpu_time,
-                                    timeout=group.qemu_img_info_timeout),
+                                    timeout=group.qemu_img_info_timeout,
+                                    python_exec=python_exec),
         convert_limits=qemu_img.Limits(address_space=address_space,
                                        cpu_time=group.convert_cpu_time,
-                                       timeout=group.convert_timeout),
+                                       timeout=group.convert_timeout,
+                                       python_exec=python_exec),
         preserve_iso=group.preserve_iso,
         progress_interval=group.progress_interval,
         vmdk_allowed_types=vmdk_allowed,
@@ -282,9 +352,18 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
     )
 
 
+SPEC = base.PluginSpec(name=PLUGIN, group=GROUP, opts=conversion_opts,
+                       loader=load_settings)
+SPEC.register(cfg.CONF)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return SPEC.list_opts()
+
+
 def check_config(conf: cfg.ConfigOpts) -> list[str]:
     """Problems with this plugin's configuration, for ``check-config``."""
-    return base.check_options(conf, GROUP, conversion_opts, load_settings)
+    return SPEC.check_config(conf)
 
 
 # --- the checks, as plain functions of an inspection result -----------------
@@ -299,64 +378,57 @@ def fatal_failures(result: inspection.InspectionResult,
     return failures
 
 
-def refuse_unsafe(result: inspection.InspectionResult, declared: str,
+def refuse_unsafe(result: inspection.InspectionResult,
                   gpt_nonfatal: frozenset[str]) -> None:
     failures = fatal_failures(result, gpt_nonfatal)
     if not failures:
         return
-    if result.format == 'unknown':
-        # The check's name first, as in every refusal.
-        raise exception.UnknownFormat(reason=', '.join(
-            '%s (%s)' % kv for kv in sorted(failures.items())))
     summary = ', '.join('%s (%s)' % kv for kv in sorted(failures.items()))
+    if result.format == 'unknown':
+        raise exception.UnknownFormat(reason=summary)
     raise exception.UnsafeImage(format=result.format, checks=summary)
 
 
-def estimate_output_bytes(result: inspection.InspectionResult,
-                          output_format: str) -> int:
-    """Bytes the converted output will occupy on the staging filesystem.
+def detected_as(result: inspection.InspectionResult, declared: str) -> bool:
+    """Whether the content is what the user declared."""
+    if declared == 'gpt':
+        # A raw disk with a GPT: the inspector must have found the GPT.
+        return result.inspector_name == 'gpt'
+    return result.format == declared
 
-    qemu-img writes only the guest data it reads (zeros become holes in a raw
-    output, unallocated clusters in a qcow2 one), so the output holds at most
-    the data the source holds, never more than the virtual size:
 
-    * an uncompressed source stores every guest byte at least once, so its
-      allocated size (``st_blocks``) bounds the data;
-    * a compressed source (compressed qcow2 clusters, streamOptimized vmdk)
-      can expand without a useful bound, and when the qcow2 cluster scan
-      could not tell (tables beyond the inspection budget) compression is
-      assumed: the estimate is then the virtual size;
-    * a qcow2 output adds its metadata: 8 bytes of L2 table per 64 KiB
-      cluster, refcounts, header: under 0.02% of the virtual size plus
-      1 MiB.
-    """
-    virtual = max(result.virtual_size, 0)
-    compressed = result.facts.get('compressed')
-    if compressed is None and result.format in ('qcow2', 'vmdk'):
-        compressed = result.facts.get('vmdk_create_type') != 'monolithicSparse'
-    data = virtual if compressed else min(virtual, result.allocated_size)
+def refuse_mismatch(result: inspection.InspectionResult,
+                    declared: str) -> None:
+    if detected_as(result, declared):
+        return
+    container = result.facts.get('compression')
+    if container and declared != 'raw':
+        raise exception.CompressedImage(declared=declared,
+                                        container=container)
+    detected = result.format
+    if declared == 'gpt' and detected == 'raw':
+        detected = 'raw without a GPT'
+    raise exception.FormatMismatch(declared=declared, detected=detected)
+
+
+def output_metadata_bytes(virtual_size: int, output_format: str) -> int:
+    """What the output format adds to the data: a qcow2 holds 8 bytes of L2
+    table per 64 KiB cluster, refcounts and a header (under 0.02% of the
+    virtual size plus 1 MiB); a raw file nothing."""
     if output_format == 'qcow2':
-        data += virtual // 4096 + units.Mi
-    return data
+        return virtual_size // 4096 + units.Mi
+    return 0
 
 
 def free_bytes(path: str) -> int:
-    st = os.statvfs(os.path.dirname(path) or '.')
+    st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
-def _remove(path: str | None) -> None:
-    if not path:
-        return
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
 def _qemu_source_format(disk_format: str) -> str:
-    # An ISO converted anyway (preserve_iso False) is read as plain bytes.
-    return 'raw' if disk_format == 'iso' else disk_format
+    # An ISO converted anyway (preserve_iso False) and a gpt disk are read
+    # as plain bytes.
+    return 'raw' if disk_format in ('iso', 'gpt') else disk_format
 
 
 def _data_file(info: Any) -> Any:
@@ -365,39 +437,118 @@ def _data_file(info: Any) -> Any:
     return data.get('data-file') if isinstance(data, dict) else None
 
 
-class _ConvertImage(task.Task):
+def remove_outputs(src: str) -> None:
+    """Remove every output an earlier, killed attempt left for the image."""
+    for suffix in OUTPUT_SUFFIXES:
+        base.remove_file(src + suffix)
+
+
+# --- where qemu-img writes -------------------------------------------------
+
+_AT_FDCWD = -100
+_AT_SYMLINK_FOLLOW = 0x400
+_tmpfile_ok: dict[tuple[str, str], bool] = {}
+_tmpfile_lock = threading.Lock()
+
+
+class Output:
+    """The conversion output: an unnamed ``O_TMPFILE`` in the staging
+    folder when the filesystem and the process allow it (nothing survives a
+    crash), else the named file ``<staged>.<format>``."""
+
+    def __init__(self, src: str, fmt: str, python_exec: str | None) -> None:
+        self.final = '%s.%s' % (src, fmt)
+        self.fd: int | None = None
+        folder = os.path.dirname(src) or '.'
+        if _tmpfile_usable(folder, python_exec):
+            self.fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o640)
+            # The path qemu-img (a child process) opens: it reaches our fd.
+            self.path = '/proc/%d/fd/%d' % (os.getpid(), self.fd)
+        else:
+            self.path = self.final
+
+    def publish(self) -> str:
+        """Give the finished output its name; return it."""
+        if self.fd is not None:
+            base.remove_file(self.final)
+            libc = ctypes.CDLL(None, use_errno=True)
+            # os.link cannot follow the /proc magic link (it calls link()).
+            if libc.linkat(_AT_FDCWD, self.path.encode(), _AT_FDCWD,
+                           self.final.encode(), _AT_SYMLINK_FOLLOW) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            self.close()
+        return self.final
+
+    def size(self) -> int:
+        if self.fd is not None:
+            return os.fstat(self.fd).st_size
+        return os.stat(self.final).st_size
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            self.close()
+        else:
+            base.remove_file(self.final)
+
+
+def _tmpfile_usable(folder: str, python_exec: str | None) -> bool:
+    """Whether qemu-img can write into our ``O_TMPFILE`` here: the
+    filesystem must support it (not NFS, say) and the child must be allowed
+    to open our /proc fd (a process that changed uid is not dumpable)."""
+    key = (os.path.realpath(folder), python_exec or '')
+    with _tmpfile_lock:
+        if key in _tmpfile_ok:
+            return _tmpfile_ok[key]
+        ok = False
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o640)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                probe = subprocess.run(
+                    ['sh', '-c', ': >> "$1"', 'probe',
+                     '/proc/%d/fd/%d' % (os.getpid(), fd)],
+                    capture_output=True, timeout=10, check=False)
+                ok = probe.returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            finally:
+                os.close(fd)
+        LOG.info('%s: conversion outputs in %s are %s', PLUGIN, folder,
+                 'unnamed until complete (O_TMPFILE)' if ok else
+                 'named files (O_TMPFILE not usable here)')
+        _tmpfile_ok[key] = ok
+        return ok
+
+
+class ConvertImage(base.PluginTask):
     """Check, convert and re-check the staged image (see module doc)."""
 
-    default_provides = 'file_path'
+    spec = SPEC
+    label = 'FormatConversion'
 
-    def __init__(self, task_id: str, task_type: str, action_wrapper: Any,
-                 stores: list[str | None], import_method: str | None,
-                 task_repo: Any, config: base.DeferredConfig) -> None:
-        self.task_id = task_id
-        self.task_type = task_type
-        self.action_wrapper = action_wrapper
-        self.stores = list(stores or [])
-        self.import_method = import_method
-        self.task_repo = task_repo
-        self.config = config
-        # Set by execute, read by revert (same process, one import).
-        self._dest_path: str | None = None
+    def __init__(self, request: base.ImportRequest,
+                 conf: cfg.ConfigOpts | None = None) -> None:
+        super().__init__(request, conf, provides='file_path')
+        # Set by run, read by revert (same process, one import).
         self._original_format: str | None = None
-        self._recorded_original = False
-        super().__init__(
-            name='%s-ImgPlugins-FormatConversion-%s' % (task_type, task_id))
+        self._converted = False
 
     # -- execute --------------------------------------------------------------
 
-    def execute(self, file_path: str) -> str:
-        image_id = getattr(self.action_wrapper, 'image_id', None)
-        with base.task_edge(PLUGIN, image_id):
-            return self._execute(file_path, image_id)
-
-    def _execute(self, file_path: str, image_id: str | None) -> str:
-        settings: Settings = self.config.value()
+    def run(self, file_path: str | None, settings: Settings) -> str:
+        image_id = self.request.image_id or 'the image'
+        if not file_path:
+            raise exception.ConversionFailed(reason='no staged data')
         src = base.staged_path(file_path)
-        image = base.read_image(self.action_wrapper)
+        image = base.read_image(self.request.action_wrapper)
         declared = image.disk_format or ''
         self._original_format = declared
 
@@ -407,19 +558,18 @@ class _ConvertImage(task.Task):
                 allowed=', '.join(settings.allowed_input_formats))
 
         result = inspection.inspect_file(src, settings.vmdk_allowed_types)
-        refuse_unsafe(result, declared, settings.gpt_nonfatal)
-        if result.format != declared:
-            raise exception.FormatMismatch(declared=declared,
-                                           detected=result.format)
+        refuse_unsafe(result, settings.gpt_nonfatal)
+        refuse_mismatch(result, declared)
         if declared == 'iso' and settings.preserve_iso:
             LOG.info('%s: image %s is an ISO: left as it is', PLUGIN,
                      image_id)
             self._set_attributes(virtual_size=result.file_size)
             return file_path
 
-        info = qemu_img.info(src, _qemu_source_format(declared),
-                             settings.info_limits)
-        expected = qemu_img.qemu_format(_qemu_source_format(declared))
+        source_format = _qemu_source_format(declared)
+        info = qemu_img.info(src, source_format, settings.info_limits,
+                             name=image_id)
+        expected = qemu_img.qemu_format(source_format)
         if info.file_format != expected:
             raise exception.FormatMismatch(
                 declared=declared,
@@ -439,36 +589,63 @@ class _ConvertImage(task.Task):
                 virtual_size=virtual_size, limit=settings.max_virtual_size)
 
         target = settings.output_format
-        if declared == target:
+        if declared == target or (declared == 'gpt' and target == 'raw'):
             LOG.info('%s: image %s is already %s: not converted', PLUGIN,
                      image_id, target)
             self._set_attributes(virtual_size=virtual_size)
             return file_path
 
-        dest = '%s.%s' % (src, target)
-        needed = estimate_output_bytes(result, target)
-        free = free_bytes(dest)
-        if needed > free:
-            raise exception.InsufficientSpace(
-                path=os.path.dirname(dest), needed=needed, free=free)
+        folder = os.path.dirname(src) or '.'
+        extra = output_metadata_bytes(virtual_size, target)
+        available = free_bytes(folder) - settings.staging_reserve
+        bound = available if not settings.max_converted_size else min(
+            available, settings.max_converted_size)
+        # qemu-img map stops once the bound is crossed: a bomb's mapping is
+        # never walked to its end.
+        needed = qemu_img.mapped_data_bytes(
+            src, source_format, settings.info_limits, name=image_id,
+            stop_above=max(bound - extra, 0)) + extra
+        if settings.max_converted_size and \
+                needed > settings.max_converted_size:
+            raise exception.ConvertedSizeTooLarge(
+                needed=needed, limit=settings.max_converted_size,
+                option='[%s] max_converted_size' % GROUP)
+        if needed > available:
+            raise exception.InsufficientSpace(image=image_id, needed=needed,
+                                              free=max(available, 0))
 
-        self._dest_path = dest
-        _remove(dest)  # residue of an earlier, killed attempt
-        message = base.TaskMessage(self.task_repo, self.task_id,
+        remove_outputs(src)  # residue of an earlier, killed attempt
+        output = Output(src, target, settings.convert_limits.python_exec)
+        message = base.TaskMessage(self.request.task_repo,
+                                   self.request.task_id,
                                    settings.progress_interval)
         label = 'Converting image from %s to %s' % (declared, target)
+
+        def watch_space() -> None:
+            if free_bytes(folder) < settings.staging_reserve:
+                raise exception.StagingSpaceLow(
+                    reserve=settings.staging_reserve,
+                    option='[%s] staging_reserve' % GROUP)
+
         try:
             with base.PercentMessage(message, label,
                                      settings.progress_interval) as shown:
-                qemu_img.convert(src, _qemu_source_format(declared), dest,
-                                 target, settings.convert_limits,
-                                 progress=shown.progress)
+                qemu_img.convert(src, source_format, output.path, target,
+                                 settings.convert_limits,
+                                 progress=shown.progress, name=image_id,
+                                 check=watch_space if
+                                 settings.staging_reserve else None)
                 shown.done()
+            dest = output.publish()
         except BaseException:
-            _remove(dest)
+            output.discard()
             raise
 
-        out = inspection.inspect_file(dest, settings.vmdk_allowed_types)
+        try:
+            out = inspection.inspect_file(dest, settings.vmdk_allowed_types)
+        except BaseException:
+            base.remove_file(dest)
+            raise
         failures = fatal_failures(out, settings.gpt_nonfatal)
         # A raw copy of an ISO is still an ISO (preserve_iso False).
         accepted = {target, 'iso'} if declared == 'iso' else {target}
@@ -477,87 +654,75 @@ class _ConvertImage(task.Task):
                 'the converted data is detected as %s, not %s'
                 % (out.format, target))
         if failures:
-            _remove(dest)
+            base.remove_file(dest)
             raise exception.UnsafeImage(
                 format=declared,
                 checks=', '.join('%s (%s)' % kv
                                  for kv in sorted(failures.items())))
 
         size = os.stat(dest).st_size
-        with self.action_wrapper as action:
+        # The output takes the staged image's own name: Glance's image
+        # delete and staging housekeeping then know it, and no second file
+        # of the image stays in staging.
+        os.replace(dest, src)
+        self._converted = True
+        with self.request.action_wrapper as action:
             action.set_image_attribute(disk_format=target,
                                        virtual_size=out.virtual_size,
                                        size=size)
             action.set_image_extra_properties(
                 {ORIGINAL_FORMAT_PROPERTY: declared})
-        self._recorded_original = True
-        LOG.info('%s: image %s converted from %s to %s: %d bytes, %d '
-                 'allocated', PLUGIN, image_id, declared, target, size,
-                 out.allocated_size)
-        # The stores are written from the output; the original is no longer
-        # needed (and Glance deletes only the path we return).
-        _remove(src)
-        return 'file://' + dest
+        self._summary = 'converted from %s to %s: %d bytes, %d allocated' % (
+            declared, target, size, out.allocated_size)
+        return file_path
+
+    def describe_result(self, result: Any) -> str:
+        return getattr(self, '_summary', None) or 'left as it is'
 
     def _set_attributes(self, **attrs: Any) -> None:
-        with self.action_wrapper as action:
+        with self.request.action_wrapper as action:
             action.set_image_attribute(**attrs)
 
     # -- revert ---------------------------------------------------------------
 
-    def revert(self, result: Any, file_path: str | None = None,
-               **kwargs: Any) -> None:
-        try:
-            self._revert(result, file_path)
-        except Exception:
-            # A raising revert would turn the user's reason into "Internal
-            # Error"; log and let the rest of the flow revert.
-            LOG.exception('%s: revert of task %s failed', PLUGIN,
-                          self.task_id)
+    def cleanup(self, src: str | None) -> None:
+        if src:
+            remove_outputs(src)
+            if self._converted:
+                # Failed after the output replaced the original.
+                base.remove_file(src)
 
-    def _revert(self, result: Any, file_path: str | None) -> None:
+    def restore_attributes(self, action: Any,
+                           kept_src: str | None) -> dict[str, Any]:
+        restore = super().restore_attributes(action, kept_src)
+        if (self._original_format and
+                action.image_disk_format != self._original_format):
+            restore['disk_format'] = self._original_format
+        return restore
+
+    def undo(self, action: Any, result: Any, file_path: str | None) -> None:
+        """A later task failed (a store, property_injection)."""
         src = base.staged_path(file_path) if file_path else None
-        own_failure = not isinstance(result, str)
-        cause = base.failure_cause(result)
-        # Our output is of no use any more: a later task failed, or we did.
-        _remove(self._dest_path)
-        if own_failure and base.is_content_refusal(cause):
-            # Retrying cannot help; keeping it would block a new upload.
-            _remove(src)
-        staged_kept = src is not None and os.path.exists(src)
-        retry = staged_kept and self.import_method == 'glance-direct'
-
-        with self.action_wrapper as action:
-            restore: dict[str, Any] = {}
-            if (self._original_format and
-                    action.image_disk_format != self._original_format):
-                restore['disk_format'] = self._original_format
-            if retry and src:
-                restore['size'] = os.stat(src).st_size
-            base.fail_import(action, self.stores,
-                             status=base.revert_status(self.import_method,
-                                                       retry),
-                             restore=restore)
-            if self._recorded_original:
-                action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)
-        LOG.info('%s: image %s reverted (%s); staged data %s', PLUGIN,
-                 self.action_wrapper.image_id,
-                 'this task failed' if own_failure else 'a later task failed',
-                 'kept for a glance-direct retry' if retry else
-                 ('kept' if staged_kept else 'removed'))
+        if self._converted and src:
+            # The staged data is our output now: a glance-direct retry would
+            # read raw bytes under the original disk_format.
+            base.remove_file(src)
+        if src:
+            remove_outputs(src)
+        kept = src is not None and os.path.exists(src)
+        restore = self.restore_attributes(action, src if kept else None)
+        base.fail_import(action, self.request.stores,
+                         status=base.revert_status(
+                             self.request.import_method, keep_staged=kept),
+                         restore=restore)
+        if self._converted:
+            action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)
+        LOG.info('%s: image %s reverted after a later task failed; staged '
+                 'data %s', PLUGIN, self.request.image_id,
+                 'kept for a retry' if kept else 'removed')
 
 
 def get_flow(**kwargs: Any) -> lf.Flow:
     """The plugin's flow; never raises (a bad option fails the task)."""
-    task_id = str(kwargs.get('task_id'))
-    task_type = str(kwargs.get('task_type'))
-    import_req = kwargs.get('import_req') or {}
-    try:
-        import_method = import_req['method']['name']
-    except (KeyError, TypeError):
-        import_method = None
-    config = base.DeferredConfig.load(lambda: load_settings(cfg.CONF))
-    return lf.Flow(task_type).add(
-        _ConvertImage(task_id, task_type, kwargs.get('action_wrapper'),
-                      kwargs.get('backend') or [], import_method,
-                      kwargs.get('task_repo'), config))
+    request = base.ImportRequest.from_kwargs(kwargs)
+    return lf.Flow(request.task_type).add(ConvertImage(request))

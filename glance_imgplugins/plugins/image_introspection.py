@@ -18,12 +18,11 @@ retry on different data starts clean.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 from oslo_config import cfg
+from oslo_log import log as logging
 from taskflow.patterns import linear_flow as lf
-from taskflow import task
 
 from glance_imgplugins import exception
 from glance_imgplugins import inspection
@@ -70,43 +69,12 @@ Related options:
 """),
 ]
 
-_REGISTRATION_ERROR = base.register_opts(cfg.CONF, GROUP, introspection_opts)
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [(GROUP, list(introspection_opts))]
-
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     override_user_properties: bool
     property_families: tuple[str, ...]
-
-
-def _problems(families: list[str]) -> list[str]:
-    unknown = sorted(set(families) - set(inspection.PROPERTY_FAMILIES))
-    if unknown:
-        return ['[%s] property_families: unknown famil%s %s (known: %s)' % (
-            GROUP, 'y' if len(unknown) == 1 else 'ies', ', '.join(unknown),
-            ', '.join(inspection.PROPERTY_FAMILIES))]
-    return []
-
-
-def load_settings(conf: cfg.ConfigOpts) -> Settings:
-    if _REGISTRATION_ERROR is not None:
-        raise exception.ConfigError(reason=str(_REGISTRATION_ERROR))
-    group = conf[GROUP]
-    families = [f.strip() for f in group.property_families if f.strip()]
-    problems = _problems(families)
-    if problems:
-        raise exception.ConfigError(reason='; '.join(problems))
-    return Settings(override_user_properties=group.override_user_properties,
-                    property_families=tuple(families))
-
-
-def check_config(conf: cfg.ConfigOpts) -> list[str]:
-    """Problems with this plugin's configuration, for ``check-config``."""
-    return base.check_options(conf, GROUP, introspection_opts, load_settings)
+    vmdk_allowed_types: tuple[str, ...]
 
 
 def _vmdk_allowed_types(conf: cfg.ConfigOpts) -> tuple[str, ...]:
@@ -116,89 +84,76 @@ def _vmdk_allowed_types(conf: cfg.ConfigOpts) -> tuple[str, ...]:
         return inspection.DEFAULT_VMDK_ALLOWED_TYPES
 
 
-class _Introspect(task.Task):
-    """Set the properties inspection implies; return what changed.
+def load_settings(conf: cfg.ConfigOpts) -> Settings:
+    group = conf[GROUP]
+    families = [f.strip() for f in group.property_families if f.strip()]
+    unknown = sorted(set(families) - set(inspection.PROPERTY_FAMILIES))
+    if unknown:
+        raise exception.ConfigError(
+            reason='[%s] property_families: unknown famil%s %s (known: %s)'
+            % (GROUP, 'y' if len(unknown) == 1 else 'ies', ', '.join(unknown),
+               ', '.join(inspection.PROPERTY_FAMILIES)))
+    return Settings(override_user_properties=group.override_user_properties,
+                    property_families=tuple(families),
+                    vmdk_allowed_types=_vmdk_allowed_types(conf))
 
-    The return value (``{'set': {key: value}, 'replaced': {key: old}}``) is
-    what taskflow hands to ``revert`` when a later task fails.
-    """
 
-    def __init__(self, task_id: str, task_type: str, action_wrapper: Any,
-                 config: base.DeferredConfig,
-                 vmdk_allowed_types: tuple[str, ...]) -> None:
-        self.task_id = task_id
-        self.task_type = task_type
-        self.action_wrapper = action_wrapper
-        self.config = config
-        self.vmdk_allowed_types = vmdk_allowed_types
-        super().__init__(
-            name='%s-ImgPlugins-ImageIntrospection-%s' % (task_type, task_id))
+SPEC = base.PluginSpec(name=PLUGIN, group=GROUP, opts=introspection_opts,
+                       loader=load_settings)
+SPEC.register(cfg.CONF)
 
-    def execute(self, file_path: str) -> dict[str, dict[str, str]]:
-        image_id = getattr(self.action_wrapper, 'image_id', None)
-        with base.task_edge(PLUGIN, image_id):
-            settings: Settings = self.config.value()
-            path = base.staged_path(file_path)
-            try:
-                result = inspection.inspect_file(path,
-                                                 self.vmdk_allowed_types)
-            except OSError as exc:
-                # Nothing to say about a file we cannot read; the plugins
-                # that need the data will fail on it with their own reason.
-                LOG.warning('%s: image %s: cannot inspect %s: %s',
-                            PLUGIN, image_id, path, exc)
-                return {'set': {}, 'replaced': {}}
-            wanted = {k: v for k, v in result.properties.items()
-                      if result.property_families.get(k)
-                      in settings.property_families}
-            LOG.info('%s: image %s is %s (%s); properties %s',
-                     PLUGIN, image_id, result.format,
-                     'safe' if result.safe else
-                     'unsafe: ' + result.failure_summary(), wanted)
-            if not wanted:
-                return {'set': {}, 'replaced': {}}
-            changed: dict[str, str] = {}
-            replaced: dict[str, str] = {}
-            with self.action_wrapper as action:
-                existing = action.image_extra_properties
-                for key, value in wanted.items():
-                    if key in existing:
-                        if existing[key] == value:
-                            continue
-                        if not settings.override_user_properties:
-                            LOG.info('%s: image %s keeps %s=%s (image says '
-                                     '%s)', PLUGIN, image_id, key,
-                                     existing[key], value)
-                            continue
-                        replaced[key] = existing[key]
-                    changed[key] = value
-                if changed:
-                    action.set_image_extra_properties(changed)
-            return {'set': changed, 'replaced': replaced}
 
-    def revert(self, result: Any, **kwargs: Any) -> None:
-        if not isinstance(result, dict) or not result.get('set'):
-            return
-        # Undo only what is still ours: a value someone changed since is
-        # theirs now.
-        with self.action_wrapper as action:
-            current = action.image_extra_properties
-            for key, value in result['set'].items():
-                if current.get(key) != value:
-                    continue
-                if key in result.get('replaced', {}):
-                    action.set_image_extra_properties(
-                        {key: result['replaced'][key]})
-                else:
-                    action.pop_extra_property(key)
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return SPEC.list_opts()
+
+
+def check_config(conf: cfg.ConfigOpts) -> list[str]:
+    """Problems with this plugin's configuration, for ``check-config``."""
+    return SPEC.check_config(conf)
+
+
+class IntrospectImage(base.PluginTask):
+    """Set the properties inspection implies; return what changed (undone
+    by the revert when a later task fails)."""
+
+    spec = SPEC
+    label = 'ImageIntrospection'
+
+    def run(self, file_path: str | None,
+            settings: Settings) -> base.PropertyChanges:
+        image_id = self.request.image_id
+        changes = base.PropertyChanges()
+        if not file_path:
+            return changes
+        path = base.staged_path(file_path)
+        try:
+            result = inspection.inspect_file(path, settings.vmdk_allowed_types)
+        except (OSError, exception.InspectionInputError) as exc:
+            # Nothing to say about a file we cannot read; the plugins that
+            # need the data fail on it with their own reason.
+            LOG.warning('%s: image %s: cannot inspect the staged data: %s',
+                        PLUGIN, image_id, getattr(exc, 'strerror', exc))
+            return changes
+        wanted = result.properties_in(settings.property_families)
+        LOG.info('%s: image %s is %s (%s); properties %s', PLUGIN, image_id,
+                 result.format, 'safe' if result.safe else
+                 'unsafe: ' + result.failure_summary(), wanted)
+        if not wanted:
+            return changes
+        with self.request.action_wrapper as action:
+            existing = action.image_extra_properties
+            keep = {k for k in wanted
+                    if k in existing and existing[k] != wanted[k]
+                    and not settings.override_user_properties}
+            for key in sorted(keep):
+                LOG.info('%s: image %s keeps %s=%s (image says %s)', PLUGIN,
+                         image_id, key, existing[key], wanted[key])
+            changes.apply(action, {k: v for k, v in wanted.items()
+                                   if k not in keep})
+        return changes
 
 
 def get_flow(**kwargs: Any) -> lf.Flow:
     """The plugin's flow; never raises (a bad option fails the task)."""
-    task_id = str(kwargs.get('task_id'))
-    task_type = str(kwargs.get('task_type'))
-    action_wrapper = kwargs.get('action_wrapper')
-    config = base.DeferredConfig.load(lambda: load_settings(cfg.CONF))
-    return lf.Flow(task_type).add(
-        _Introspect(task_id, task_type, action_wrapper, config,
-                    _vmdk_allowed_types(cfg.CONF)))
+    request = base.ImportRequest.from_kwargs(kwargs)
+    return lf.Flow(request.task_type).add(IntrospectImage(request))

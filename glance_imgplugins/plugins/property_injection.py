@@ -1,13 +1,29 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """``property_injection``: set, default, remove or forbid properties by rule.
 
 The rules (``[property_injection] rules_file``, YAML or JSON) and what they
 mean live in :mod:`glance_imgplugins.injection_rules`; this module is the
-Glance side: options, the taskflow task, and ``check_config`` for
-``glance-imgplugins check-config``.
+Glance side: options, the taskflow task, and the config check.
 
 List the plugin *after* ``image_introspection`` and ``format_conversion`` in
 ``[image_import_opts] image_import_plugins`` so rules see the final
 disk_format and the detected facts.
+
+Without a ``rules_file``, Glance's own ``[inject_metadata_properties]
+inject`` applies exactly as under the in-tree ``inject_image_metadata``
+plugin (skipped for its ``ignore_user_roles``): switching is one word in
+``image_import_plugins``.
 
 What the user sent is read in ``get_flow()``, before any plugin runs: that
 snapshot is how rules tell the user's values from an earlier plugin's facts
@@ -21,13 +37,11 @@ of letting Glance skip the plugin: ``get_flow()`` never raises.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Mapping
 
 from oslo_config import cfg
+from oslo_log import log as logging
 from taskflow.patterns import linear_flow as lf
-from taskflow import task
-from taskflow.types import failure as tf_failure
 
 from glance_imgplugins import exception
 from glance_imgplugins import injection_rules as rules_mod
@@ -77,7 +91,6 @@ Related options:
       ``[inject_metadata_properties] ignore_user_roles`` is used instead)
 """),
     cfg.BoolOpt('inject_metadata_compat',
-                default=False,
                 help="""
 Also apply Glance's own ``[inject_metadata_properties]`` settings.
 
@@ -89,8 +102,11 @@ from the ``inject_image_metadata`` plugin without rewriting their
 configuration.
 
 Possible values:
-    * False: only ``rules_file`` applies (default)
-    * True: Glance's inject settings apply as well
+    * Unset (default): Glance's inject settings apply when ``rules_file``
+      is not set, so moving from ``inject_image_metadata`` is one word in
+      ``image_import_plugins``
+    * True: Glance's inject settings apply as well as ``rules_file``
+    * False: only ``rules_file`` applies
 
 Related options:
     * rules_file
@@ -107,13 +123,6 @@ _UPSTREAM_FALLBACK_OPTS = [
                 help='Properties injected into images (Glance option).'),
 ]
 
-_REGISTRATION_ERROR = base.register_opts(cfg.CONF, GROUP,
-                                         property_injection_opts)
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [(GROUP, list(property_injection_opts))]
-
 
 def _upstream_opts() -> list[cfg.Opt]:
     try:
@@ -126,11 +135,10 @@ def _upstream_opts() -> list[cfg.Opt]:
         return list(_UPSTREAM_FALLBACK_OPTS)
 
 
-def _register(conf: cfg.ConfigOpts, group: str,
-              opts: list[cfg.Opt]) -> None:
-    for opt in opts:
+def _register_upstream(conf: cfg.ConfigOpts) -> None:
+    for opt in _upstream_opts():
         try:
-            conf.register_opt(opt, group=group)
+            conf.register_opt(opt, group=UPSTREAM_GROUP)
         except cfg.DuplicateOptError:
             # Registered already with another definition (another Glance
             # version): reading the value still works.
@@ -141,6 +149,12 @@ def _register(conf: cfg.ConfigOpts, group: str,
 class Settings:
     rules: rules_mod.RuleSet
     ignore_user_roles: frozenset[str]
+    compat: bool
+    compat_why: str
+
+
+def _roles(values: Any) -> frozenset[str]:
+    return frozenset(r.strip() for r in values or () if r.strip())
 
 
 def load_settings(conf: cfg.ConfigOpts) -> Settings:
@@ -149,45 +163,83 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
     :raises RulesError: the rules file cannot be read or is invalid.
     :raises ConfigError: an option is invalid.
     """
-    if _REGISTRATION_ERROR is not None and conf is cfg.CONF:
-        raise exception.ConfigError(reason=str(_REGISTRATION_ERROR))
-    _register(conf, GROUP, property_injection_opts)
     group = conf[GROUP]
-    ignore = frozenset(r.strip() for r in group.ignore_user_roles
-                       if r.strip())
-    ruleset = rules_mod.RuleSet(source='(no rules)')
-    if group.inject_metadata_compat:
-        _register(conf, UPSTREAM_GROUP, _upstream_opts())
+    ignore = _roles(group.ignore_user_roles)
+    _register_upstream(conf)
+    try:
         upstream = conf[UPSTREAM_GROUP]
-        upstream_ignore = frozenset(r.strip() for r in
-                                    upstream.ignore_user_roles if r.strip())
-        compat = rules_mod.literal_rule(
-            '[%s] inject' % UPSTREAM_GROUP, dict(upstream.inject or {}),
-            ignore_roles=upstream_ignore)
-        ruleset = rules_mod.RuleSet((compat,), '[%s]' % UPSTREAM_GROUP)
+        inject = dict(upstream.inject or {})
+        upstream_ignore = _roles(upstream.ignore_user_roles)
+    except (cfg.Error, ValueError) as exc:
+        raise exception.ConfigError(reason='[%s] %s' % (
+            UPSTREAM_GROUP, base._option_reason(exc))) from None
+    wanted = group.inject_metadata_compat
+    if wanted is None:
+        compat = bool(inject) and not group.rules_file
+        why = ('rules_file is not set' if compat else
+               'rules_file is set' if group.rules_file else
+               '[%s] inject is empty' % UPSTREAM_GROUP)
+    else:
+        compat = bool(wanted)
+        why = 'inject_metadata_compat = %s' % compat
+    ruleset = rules_mod.RuleSet(source='(no rules)')
+    if compat:
+        rule = rules_mod.literal_rule('[%s] inject' % UPSTREAM_GROUP, inject,
+                                      ignore_roles=upstream_ignore)
+        ruleset = rules_mod.RuleSet((rule,), '[%s]' % UPSTREAM_GROUP)
         location = conf.get_location('ignore_user_roles', GROUP)
         if location is None or location.location == cfg.Locations.opt_default:
             # Switching plugins must not change who is skipped.
             ignore = upstream_ignore
     if group.rules_file:
         ruleset = ruleset + rules_mod.load_rules(group.rules_file)
-    return Settings(rules=ruleset, ignore_user_roles=ignore)
+    return Settings(rules=ruleset, ignore_user_roles=ignore, compat=compat,
+                    compat_why=why)
+
+
+def describe_settings(conf: cfg.ConfigOpts) -> list[str]:
+    """Which rules are in effect, for ``check-config``."""
+    try:
+        settings = load_settings(conf)
+    except exception.GlanceImgPluginsError:
+        return []
+    lines = []
+    if settings.compat:
+        lines.append('[%s] inject applies (%s)' % (UPSTREAM_GROUP,
+                                                   settings.compat_why))
+    else:
+        lines.append('[%s] inject is not applied (%s)' % (
+            UPSTREAM_GROUP, settings.compat_why))
+    names = [r.name for r in settings.rules.rules]
+    lines.append('%d rule(s) in effect: %s' % (
+        len(names), ', '.join(names) or 'none: the plugin changes nothing'))
+    lines.append('skipped for roles: %s' % (
+        ', '.join(sorted(settings.ignore_user_roles)) or 'none'))
+    return lines
+
+
+SPEC = base.PluginSpec(name=PLUGIN, group=GROUP,
+                       opts=property_injection_opts, loader=load_settings,
+                       describer=describe_settings)
+SPEC.register(cfg.CONF)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return SPEC.list_opts()
 
 
 def check_config(conf: cfg.ConfigOpts) -> list[str]:
     """Problems with this plugin's configuration, for ``check-config``."""
-    try:
-        _register(conf, GROUP, property_injection_opts)
-        group = conf[GROUP]
-        if not group.rules_file and not group.inject_metadata_compat:
-            return ['[%s] rules_file is not set and inject_metadata_compat '
-                    'is off: the plugin would change nothing' % GROUP]
-        load_settings(conf)
-    except exception.GlanceImgPluginsError as exc:
-        return [str(exc)]
-    except (cfg.Error, ValueError) as exc:
-        return ['[%s] %s' % (GROUP, exc)]
-    return []
+    problems = SPEC.check_config(conf)
+    if not problems and not load_settings(conf).rules.rules:
+        problems.append('[%s] rules_file is not set and [%s] inject is not '
+                        'applied: the plugin would change nothing'
+                        % (GROUP, UPSTREAM_GROUP))
+    return problems
+
+
+def describe_config(conf: cfg.ConfigOpts) -> list[str]:
+    return SPEC.describe(conf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,47 +252,40 @@ class UserSnapshot:
     properties: Mapping[str, str]
 
 
-def _snapshot(image_repo: Any, image_id: Any,
-              action_wrapper: Any) -> UserSnapshot | None:
+def _snapshot(request: base.ImportRequest) -> UserSnapshot | None:
     try:
-        image = image_repo.get(image_id)
+        image = request.image_repo.get(request.image_id)
         return UserSnapshot(
             name=image.name, disk_format=image.disk_format,
             container_format=image.container_format,
             properties=dict(image.extra_properties))
     except Exception:  # noqa: BLE001 - get_flow() must not raise
         LOG.warning('%s: image %s: cannot read it through the image repo; '
-                    'trying the import wrapper', PLUGIN, image_id,
+                    'trying the import wrapper', PLUGIN, request.image_id,
                     exc_info=True)
     try:
-        snap = base.read_image(action_wrapper)
+        snap = base.read_image(request.action_wrapper)
         return UserSnapshot(name=None, disk_format=snap.disk_format,
                             container_format=snap.container_format,
                             properties=dict(snap.extra_properties))
     except Exception:  # noqa: BLE001 - get_flow() must not raise
         LOG.warning('%s: image %s: cannot read what the user sent; rules '
                     'will treat every property as sent by the user',
-                    PLUGIN, image_id, exc_info=True)
+                    PLUGIN, request.image_id, exc_info=True)
         return None
 
 
-class _InjectProperties(task.Task):
+class InjectProperties(base.PluginTask):
     """Apply the rules; return what changed so ``revert`` can undo it."""
 
-    def __init__(self, task_id: str, task_type: str, context: Any,
-                 action_wrapper: Any, import_method: str | None,
-                 stores: list[str | None], snapshot: UserSnapshot | None,
-                 conf: cfg.ConfigOpts) -> None:
-        self.task_id = task_id
-        self.task_type = task_type
-        self.context = context
-        self.action_wrapper = action_wrapper
-        self.import_method = import_method
-        self.stores = stores
+    spec = SPEC
+    label = 'PropertyInjection'
+
+    def __init__(self, request: base.ImportRequest,
+                 snapshot: UserSnapshot | None,
+                 conf: cfg.ConfigOpts | None = None) -> None:
+        super().__init__(request, conf)
         self.snapshot = snapshot
-        self.conf = conf
-        super().__init__(
-            name='%s-ImgPlugins-PropertyInjection-%s' % (task_type, task_id))
 
     def _context(self, action: Any) -> rules_mod.ImportContext:
         props = action.image_extra_properties
@@ -252,88 +297,42 @@ class _InjectProperties(task.Task):
             user_props = props
             original = (props.get(CONVERSION_ORIGINAL_FORMAT)
                         or action.image_disk_format)
-        ctx = self.context
+        ctx = self.request.context
         return rules_mod.ImportContext(
             project_id=getattr(ctx, 'project_id', None),
             user_id=getattr(ctx, 'user_id', None),
             roles=frozenset(getattr(ctx, 'roles', None) or ()),
-            import_method=self.import_method,
-            task_id=self.task_id,
+            import_method=self.request.import_method,
+            task_id=self.request.task_id,
             image_id=action.image_id,
             image_name=snap.name if snap is not None else None,
             disk_format=action.image_disk_format,
             original_disk_format=original,
             container_format=action.image_container_format,
-            stores=tuple(s for s in self.stores if s),
+            stores=self.request.stores,
             user_properties=user_props,
             properties=props)
 
-    def execute(self) -> dict[str, Any]:
-        image_id = getattr(self.action_wrapper, 'image_id', None)
-        with base.task_edge(PLUGIN, image_id):
-            settings = load_settings(self.conf)
-            with self.action_wrapper as action:
-                before = action.image_extra_properties
-                outcome = rules_mod.evaluate(settings.rules,
-                                             self._context(action),
-                                             settings.ignore_user_roles)
-                if outcome.set:
-                    action.set_image_extra_properties(dict(outcome.set))
-                for key in sorted(outcome.remove):
-                    action.pop_extra_property(key)
-            if outcome.skipped_reason:
-                LOG.info('%s: image %s: rules skipped: %s', PLUGIN, image_id,
-                         outcome.skipped_reason)
-            else:
-                LOG.info('%s: image %s: rules applied %s; set %s; removed %s',
-                         PLUGIN, image_id, list(outcome.applied),
-                         dict(outcome.set), sorted(outcome.remove))
-            touched = set(outcome.set) | outcome.remove
-            return {'set': dict(outcome.set),
-                    'previous': {k: before.get(k) for k in sorted(touched)}}
-
-    def revert(self, result: Any, **kwargs: Any) -> None:
-        if isinstance(result, tf_failure.Failure):
-            # This task failed: none of the stores was written. A
-            # glance-direct import keeps its staged data, so the user can
-            # fix the properties and import again; a download's own revert
-            # sets the status (setting it here too made that revert fail).
-            status = base.revert_status(
-                self.import_method,
-                retry=self.import_method == 'glance-direct')
-            with self.action_wrapper as action:
-                base.fail_import(action, self.stores, status=status)
-            return
-        if not isinstance(result, dict) or not result.get('previous'):
-            return
-        # A later task failed: put back what the user had, so a retry is
-        # judged on the user's values, not on ours. Keys changed since by
-        # someone else are theirs now.
-        with self.action_wrapper as action:
-            current = action.image_extra_properties
-            for key, old in result['previous'].items():
-                if current.get(key) != result['set'].get(key):
-                    continue
-                if old is None:
-                    action.pop_extra_property(key)
-                else:
-                    action.set_image_extra_properties({key: old})
+    def run(self, file_path: str | None,
+            settings: Settings) -> base.PropertyChanges:
+        changes = base.PropertyChanges()
+        with self.request.action_wrapper as action:
+            outcome = rules_mod.evaluate(settings.rules,
+                                         self._context(action),
+                                         settings.ignore_user_roles)
+            changes.apply(action, dict(outcome.set), outcome.remove)
+        if outcome.skipped_reason:
+            LOG.info('%s: image %s: rules skipped: %s', PLUGIN,
+                     self.request.image_id, outcome.skipped_reason)
+        else:
+            LOG.info('%s: image %s: rules applied: %s', PLUGIN,
+                     self.request.image_id,
+                     ', '.join(outcome.applied) or 'none')
+        return changes
 
 
 def get_flow(**kwargs: Any) -> lf.Flow:
     """The plugin's flow; never raises (configuration fails the task)."""
-    task_id = kwargs.get('task_id')
-    task_type = kwargs.get('task_type') or 'api_image_import'
-    action_wrapper = kwargs.get('action_wrapper')
-    import_method: str | None = None
-    try:
-        import_method = kwargs['import_req']['method']['name']
-    except (KeyError, TypeError):
-        pass
-    stores = list(kwargs.get('backend') or [None])
-    snapshot = _snapshot(kwargs.get('image_repo'), kwargs.get('image_id'),
-                         action_wrapper)
-    return lf.Flow(task_type).add(
-        _InjectProperties(str(task_id), task_type, kwargs.get('context'),
-                          action_wrapper, import_method, stores, snapshot,
-                          cfg.CONF))
+    request = base.ImportRequest.from_kwargs(kwargs)
+    return lf.Flow(request.task_type).add(
+        InjectProperties(request, _snapshot(request)))

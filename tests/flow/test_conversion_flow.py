@@ -54,7 +54,9 @@ def test_converts_to_raw_like_qemu_img(make_import, scratch, name):
     Record.seen.clear()
     imp.run(PLUGINS, [Record()])
 
-    out = pathlib.Path('%s.raw' % imp.staged)
+    # The output took the staged image's own name (Glance's delete and
+    # housekeeping know it); nothing else is left in staging.
+    out = imp.staged
     assert Record.seen == ['file://%s' % out]
     assert sha256(out) == expected_raw(imp, scratch)
     image = imp.image
@@ -65,8 +67,7 @@ def test_converts_to_raw_like_qemu_img(make_import, scratch, name):
     assert image.size == out.stat().st_size == image.virtual_size
     # Sparse: the 16 MiB disk holds 2 MiB of data.
     assert out.stat().st_blocks * 512 < 4 * images.MiB
-    # The original is gone; only the output is staged.
-    assert staging_files(imp) == {out.name}
+    assert staging_files(imp) == {imp.image_id}
     # Introspection ran before, on the original.
     for key, value in images.BENIGN[name].properties.items():
         assert image.extra_properties[key] == value
@@ -107,7 +108,7 @@ def test_iso_converted_when_not_preserved(make_import, conf, scratch):
     conf.config(preserve_iso=False, group='format_conversion')
     imp = make_import('iso')
     imp.run(PLUGINS)
-    out = pathlib.Path('%s.raw' % imp.staged)
+    out = imp.staged
     assert imp.image.disk_format == 'raw'
     assert sha256(out) == sha256(qemu_convert(
         imp.source, 'raw', scratch / 'iso.raw', 'raw'))
@@ -117,7 +118,8 @@ def test_qcow2_output(make_import, conf, scratch):
     conf.config(output_format='qcow2', group='format_conversion')
     imp = make_import('vmdk_stream_lsilogic')
     imp.run(PLUGINS)
-    out = pathlib.Path('%s.qcow2' % imp.staged)
+    out = imp.staged
+    assert staging_files(imp) == {imp.image_id}
     assert imp.image.disk_format == 'qcow2'
     assert inspection.inspect_file(str(out)).format == 'qcow2'
     # Same guest data as the original.
@@ -194,27 +196,37 @@ def test_iso_declared_as_raw_is_refused(make_import):
                    'iso', staged_kept=False, status='queued')
 
 
-def test_format_not_allowed_keeps_the_staged_data(make_import, conf):
+def test_format_not_allowed_is_a_content_refusal(make_import, conf):
+    # The declared format is part of the content: a retry cannot help.
     conf.config(allowed_input_formats=['raw', 'qcow2'],
                 group='format_conversion')
     imp = make_import('vdi')
     assert_refused(imp, 'Image format vdi is not allowed for import here '
-                   '(allowed: raw, qcow2): refused', staged_kept=True,
-                   status='uploading')
+                   '(allowed: raw, qcow2): refused', staged_kept=False,
+                   status='queued')
+
+
+@pytest.mark.parametrize('declared', ['ami', 'ari', 'aki', 'ploop'])
+def test_formats_glance_knows_but_we_do_not_take(make_import, declared):
+    imp = make_import('raw_plain', disk_format=declared)
+    assert_refused(imp, 'Image format %s is not allowed for import here '
+                   '(allowed: raw, gpt, qcow2, vmdk, vhd, vhdx, vdi, iso): '
+                   'refused' % declared, staged_kept=False, status='queued')
 
 
 def test_virtual_size_limit_then_retry(make_import, conf, scratch):
     conf.config(max_virtual_size=8 * images.MiB, group='format_conversion')
     imp = make_import('qcow2_v3')
     assert_refused(imp, 'Image virtual size 16777216 bytes exceeds the '
-                   'limit of 8388608 bytes: refused', staged_kept=True,
+                   'limit of 8388608 bytes ([format_conversion] '
+                   'max_virtual_size): not imported', staged_kept=True,
                    status='uploading')
     # The operator raises the limit; the user runs image-import again.
     conf.config(max_virtual_size=0, group='format_conversion')
     imp.restart()
     imp.run(PLUGINS)
     assert imp.image.disk_format == 'raw'
-    assert sha256('%s.raw' % imp.staged) == expected_raw(imp, scratch)
+    assert sha256(imp.staged) == expected_raw(imp, scratch)
 
 
 def test_bad_configuration_fails_the_task_not_get_flow(make_import, conf):
@@ -237,16 +249,18 @@ def test_web_download_failure_leaves_the_status_to_its_task(make_import,
                    status='importing')
 
 
-def test_not_enough_space(make_import, monkeypatch):
+def test_not_enough_space(make_import, conf, monkeypatch):
     # The staging filesystem is reported nearly full; the estimate for
     # an uncompressed qcow2 (its allocated size, ~2 MiB) does not fit.
     monkeypatch.setattr(format_conversion, 'free_bytes',
-                        lambda path: images.MiB)
+                        lambda path: 5 * images.MiB)
+    conf.config(staging_reserve=4 * images.MiB, group='format_conversion')
     imp = make_import('qcow2_v3')
-    exc = assert_refused(imp, 'Not enough space in %s for the converted '
-                         'image' % imp.staged.parent, staged_kept=True,
-                         status='uploading')
-    assert '1048576 free' in str(exc)
+    exc = assert_refused(imp, 'Not enough space in the staging area for '
+                         'image %s: at least 2097152 bytes needed, 1048576 '
+                         'available after the reserve' % imp.image_id,
+                         staged_kept=True, status='uploading')
+    assert str(imp.staged.parent) not in str(exc)
 
 
 def _wrapper(tmp_path: pathlib.Path, body: str) -> str:
@@ -365,7 +379,8 @@ def test_check_config_output_format(conf):
     from oslo_config import cfg
     conf.config(allowed_input_formats=[], group='format_conversion')
     [problem] = format_conversion.check_config(cfg.CONF)
-    assert 'allowed_input_formats is empty' in problem
+    assert problem == ('[format_conversion] allowed_input_formats: empty, '
+                       'every import would be refused')
 
 
 def test_list_opts_help_shape():
@@ -376,27 +391,9 @@ def test_list_opts_help_shape():
         assert 'Related options:' in opt.help, opt.name
 
 
-@pytest.mark.parametrize('name, compressed', [
-    ('qcow2_v3', False), ('qcow2_compressed', True),
-    ('vmdk_stream_ide', True), ('vmdk_sparse_ide', False),
-    ('vdi', False), ('vhdx', False)])
-def test_space_estimate(corpus, name, compressed):
-    result = inspection.inspect_file(str(corpus.path(name)))
-    raw = format_conversion.estimate_output_bytes(result, 'raw')
-    if compressed:
-        # Compressed data can expand without bound: the virtual size.
-        assert raw == result.virtual_size
-    else:
-        assert raw == min(result.allocated_size, result.virtual_size)
-        assert raw < result.virtual_size
-    qcow2 = format_conversion.estimate_output_bytes(result, 'qcow2')
-    assert qcow2 > raw
-
-
 def test_output_is_sparse_on_disk(make_import):
     imp = make_import('qcow2_v3')
     imp.run(PLUGINS)
-    out = '%s.raw' % imp.staged
-    st = os.stat(out)
+    st = os.stat(imp.staged)
     assert st.st_size == images.VIRTUAL_SIZE
     assert st.st_blocks * 512 <= 3 * images.MiB
