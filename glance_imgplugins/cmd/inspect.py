@@ -3,7 +3,13 @@
 Prints the detected format, sizes, the safety verdict with each failed check,
 the facts, and the properties introspection would set: the same
 ``inspection.inspect_file`` result the plugins act on.  Exit status: 0 safe,
-1 unsafe (refused at import), 2 unreadable.
+8 unsafe (refused at import), 7 unreadable input (missing, not a regular
+file, changed while read), 2 usage.
+
+The cliff command (``glance_imgplugins.osc.commands.InspectImage``) is what
+``glance-imgplugins inspect`` and ``openstack image inspect`` run; this
+module's ``register``/``run`` are the fallback used when the ``[cli]``
+extra (cliff, osc-lib) is not installed.
 """
 
 from __future__ import annotations
@@ -14,9 +20,26 @@ import logging
 import sys
 from typing import Any
 
-from glance_imgplugins import inspection
+from glance_imgplugins import exception, inspection
+from glance_imgplugins.cmd import status as st
 
-EXIT_SAFE, EXIT_UNSAFE, EXIT_UNREADABLE = 0, 1, 2
+EXIT_SAFE, EXIT_UNSAFE, EXIT_UNREADABLE = st.OK, st.UNSAFE, st.UNREADABLE
+
+
+def inspect(path: str, vmdk_allowed_types: list[str] | None = None
+            ) -> inspection.InspectionResult:
+    """``inspection.inspect_file`` with unreadable input as one error."""
+    # format_inspector logs every failed check; the verdict says it.
+    logging.getLogger('oslo_utils.imageutils').setLevel(logging.CRITICAL)
+    allowed = vmdk_allowed_types or inspection.DEFAULT_VMDK_ALLOWED_TYPES
+    try:
+        return inspection.inspect_file(path, vmdk_allowed_types=allowed)
+    except exception.InspectionInputError as err:
+        raise exception.UnreadableInput(
+            str(err), path=path, reason=str(err)) from err
+    except OSError as err:
+        raise exception.UnreadableInput(
+            path=path, reason=err.strerror or 'cannot be read') from err
 
 
 def register(subparsers: Any) -> None:
@@ -25,7 +48,8 @@ def register(subparsers: Any) -> None:
         description=__doc__.split('\n\n')[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('file', metavar='FILE', help='image file to inspect')
-    parser.add_argument('--format', dest='output', choices=('table', 'json'),
+    parser.add_argument('-f', '--format', dest='output',
+                        choices=('table', 'json'),
                         default='table', help='output format (default: '
                         'table)')
     parser.add_argument(
@@ -71,18 +95,12 @@ def _table(result: inspection.InspectionResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    # format_inspector logs every failed check; the verdict below says it.
-    logging.getLogger('oslo_utils.imageutils').setLevel(logging.CRITICAL)
-    allowed = (args.vmdk_allowed_types
-               or inspection.DEFAULT_VMDK_ALLOWED_TYPES)
     try:
-        result = inspection.inspect_file(args.file,
-                                         vmdk_allowed_types=allowed)
-    except OSError as exc:
+        result = inspect(args.file, args.vmdk_allowed_types)
+    except exception.UnreadableInput as err:
         if args.output == 'json':
-            print(json.dumps({'path': args.file, 'error': str(exc)}))
-        print('glance-imgplugins inspect: cannot read %s: %s'
-              % (args.file, exc.strerror or exc), file=sys.stderr)
+            print(json.dumps({'path': args.file, 'error': str(err)}))
+        print('glance-imgplugins inspect: error: %s' % err, file=sys.stderr)
         return EXIT_UNREADABLE
     if args.output == 'json':
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))

@@ -3,12 +3,15 @@
 * :class:`LiveRenderer` (stdout is a terminal): one line per store plus a
   header line, redrawn in place on every poll.
 * :class:`PlainRenderer` (pipes, logs): one timestamped line per change.
-* :class:`JsonRenderer` (``--json``): one JSON object per line per change,
-  ending with an ``{"event": "result", ...}`` document; see
-  ``doc/source/multistore.rst`` for the schema.
+* :class:`JsonRenderer` (``--progress json``): one JSON object per line
+  per change, remarks included, ending with an ``{"event": "result", ...}``
+  document; see ``doc/source/multistore.rst`` for the schema.
 
-All three end with :meth:`Renderer.finish`.  The text helpers are pure
-functions so the tests check them without a terminal.
+The commands draw on stderr: stdout carries only the command's result,
+formatted by cliff (``-f table|json|yaml|value``).  All three end with
+:meth:`Renderer.finish` (or ``lost`` / ``stuck`` / ``interrupted``).  The
+text helpers are pure functions so the tests check them without a
+terminal.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def summary_table(progress: Progress) -> str:
     return '\n'.join(out)
 
 
-def outcome_text(progress: Progress) -> str:
+def outcome_text(progress: Progress,
+                 commands: str = 'glance-imgplugins ') -> str:
     done = [s.name for s in progress.stores if s.state is StoreState.DONE]
     failed = [s.name for s in progress.stores
               if s.state is StoreState.FAILED]
@@ -112,10 +116,10 @@ def outcome_text(progress: Progress) -> str:
             format_elapsed(progress.elapsed))
     if progress.outcome is Outcome.PARTIAL:
         return ('Image %s is %s in %s; failed in %s. Retry with: '
-                'glance-imgplugins copy %s --retry-failed' % (
+                '%scopy %s --retry-failed' % (
                     progress.image_id, progress.image_status,
                     ', '.join(done) or 'no new store', ', '.join(failed),
-                    progress.image_id))
+                    commands, progress.image_id))
     text = 'Import of image %s failed (task %s: %s); image status %s.' % (
         progress.image_id, progress.task_id or '?',
         progress.task_message or 'no message', progress.image_status)
@@ -144,9 +148,12 @@ def result_document(progress: Progress, **extra: Any) -> dict[str, Any]:
 class Renderer:
     """Interface shared by the three output styles."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
+    def __init__(self, out: TextIO, err: TextIO,
+                 commands: str = 'glance-imgplugins ') -> None:
         self.out = out
         self.err = err
+        # How this front end spells its commands, for the hints printed.
+        self.commands = commands
 
     def start(self, **info: Any) -> None:
         pass
@@ -160,8 +167,7 @@ class Renderer:
         self.out.flush()
 
     def finish(self, progress: Progress, **extra: Any) -> None:
-        self.out.write(summary_table(progress) + '\n')
-        self.out.write(outcome_text(progress) + '\n')
+        self.out.write(outcome_text(progress, self.commands) + '\n')
         self.out.flush()
 
     def interrupted(self, progress: Progress | None, resume: str) -> None:
@@ -169,13 +175,26 @@ class Renderer:
                        'Watch it again with: %s\n' % resume)
         self.err.flush()
 
+    def lost(self, progress: Progress | None, message: str,
+             resume: str) -> None:
+        self.err.write(message + '\n')
+        self.err.flush()
+
+    def stuck(self, progress: Progress, message: str) -> None:
+        self.err.write(message + '\n')
+        self.err.flush()
+
+    def error(self, message: str, exit_status: int) -> None:
+        """The command failed before or while running (message only)."""
+
 
 class LiveRenderer(Renderer):
     """Redraws the header and store lines in place (ANSI, terminals only)."""
 
     def __init__(self, out: TextIO, err: TextIO,
-                 columns: int | None = None) -> None:
-        super().__init__(out, err)
+                 columns: int | None = None,
+                 commands: str = 'glance-imgplugins ') -> None:
+        super().__init__(out, err, commands)
         self._drawn = 0
         self._columns = columns
 
@@ -200,12 +219,22 @@ class LiveRenderer(Renderer):
         self._drawn = 0
         super().interrupted(progress, resume)
 
+    def lost(self, progress: Progress | None, message: str,
+             resume: str) -> None:
+        self._drawn = 0
+        super().lost(progress, message, resume)
+
+    def stuck(self, progress: Progress, message: str) -> None:
+        self._drawn = 0
+        super().stuck(progress, message)
+
 
 class PlainRenderer(Renderer):
     """A line for each change, prefixed with the elapsed time."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
-        super().__init__(out, err)
+    def __init__(self, out: TextIO, err: TextIO,
+                 commands: str = 'glance-imgplugins ') -> None:
+        super().__init__(out, err, commands)
         self._stores: dict[str, tuple[str, int | None, str]] = {}
         self._header: tuple[Any, ...] | None = None
 
@@ -232,10 +261,12 @@ class PlainRenderer(Renderer):
 
 
 class JsonRenderer(Renderer):
-    """JSON lines on stdout: start, phase, staging, store, result."""
+    """JSON lines: start, note, phase, staging, store, then result, lost,
+    stuck, interrupted or error.  Nothing else is written to ``out``."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
-        super().__init__(out, err)
+    def __init__(self, out: TextIO, err: TextIO,
+                 commands: str = 'glance-imgplugins ') -> None:
+        super().__init__(out, err, commands)
         self._stores: dict[str, tuple[str, int | None, str]] = {}
         self._phase: tuple[Any, ...] | None = None
         self._staged: int | None = None
@@ -248,8 +279,7 @@ class JsonRenderer(Renderer):
         self._event(dict(info, event='start'))
 
     def note(self, text: str) -> None:
-        self.err.write(text + '\n')
-        self.err.flush()
+        self._event({'event': 'note', 'message': text})
 
     def update(self, progress: Progress) -> None:
         elapsed = round(progress.elapsed, 2)
@@ -281,20 +311,61 @@ class JsonRenderer(Renderer):
     def finish(self, progress: Progress, **extra: Any) -> None:
         self._event(result_document(progress, **extra))
 
-    def interrupted(self, progress: Progress | None, resume: str) -> None:
-        doc: dict[str, Any] = {'event': 'interrupted', 'resume': resume}
+    def _ending(self, event: str, progress: Progress | None,
+                **fields: Any) -> None:
+        doc: dict[str, Any] = dict(fields, event=event)
         if progress is not None:
             doc.update(image_id=progress.image_id, task_id=progress.task_id,
                        elapsed=round(progress.elapsed, 2),
                        stores=[s.as_dict() for s in progress.stores])
         self._event(doc)
-        super().interrupted(progress, resume)
+
+    def interrupted(self, progress: Progress | None, resume: str) -> None:
+        self._ending('interrupted', progress, resume=resume,
+                     message='Stopped watching; the import goes on in '
+                             'Glance.')
+
+    def lost(self, progress: Progress | None, message: str,
+             resume: str) -> None:
+        self._ending('lost', progress, resume=resume, message=message)
+
+    def stuck(self, progress: Progress, message: str) -> None:
+        self._ending('stuck', progress, message=message)
+
+    def error(self, message: str, exit_status: int) -> None:
+        self._event({'event': 'error', 'error': message,
+                     'exit_status': exit_status})
+
+
+class QuietRenderer(Renderer):
+    """``--progress none``: only the result (and errors) are printed."""
+
+    def update(self, progress: Progress) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def finish(self, progress: Progress, **extra: Any) -> None:
+        pass
+
+
+#: ``--progress`` choices.
+STYLES = ('auto', 'live', 'plain', 'json', 'none')
 
 
 def make_renderer(out: TextIO, err: TextIO, *, json_lines: bool = False,
-                  live: bool | None = None) -> Renderer:
-    if json_lines:
-        return JsonRenderer(out, err)
+                  live: bool | None = None, style: str = 'auto',
+                  commands: str = 'glance-imgplugins ') -> Renderer:
+    """``auto`` is ``live`` on a terminal, ``plain`` elsewhere."""
+    if json_lines or style == 'json':
+        return JsonRenderer(out, err, commands)
+    if style == 'none':
+        return QuietRenderer(out, err, commands)
+    if style != 'auto':
+        live = style == 'live'
     if live is None:
         live = bool(getattr(out, 'isatty', lambda: False)())
-    return LiveRenderer(out, err) if live else PlainRenderer(out, err)
+    if live:
+        return LiveRenderer(out, err, commands=commands)
+    return PlainRenderer(out, err, commands)

@@ -1,23 +1,52 @@
-"""Starting an import or copy through glanceclient, and watching it.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
 
-The API side of ``glance-imgplugins import`` / ``copy`` / ``watch``: every
-call goes to the real Image API v2 through python-glanceclient; what the
-answers mean is decided by :mod:`.progress`, how it looks by :mod:`.render`.
+"""Starting an import or copy, and watching it until Glance is done.
+
+The API side of the multi-store commands (``openstack image multistore
+import|copy|watch`` and ``glance-imgplugins import|copy|watch``): the calls
+go to the Image API through :class:`.api.Api`; what the answers mean is
+decided by :mod:`.progress`, how it looks by :mod:`.render`.  Every method
+returns a :class:`Result`; the command turns it into output and an exit
+status (:mod:`glance_imgplugins.cmd.status`).
+
+Watching survives the API going away for a while: a poll that cannot reach
+the API (or gets 502/503/504) is retried with a doubling delay for
+``retry_for`` seconds, then the command gives up with ``LOST`` and the
+``watch`` command that resumes.  A task that stopped moving is reported as
+``STUCK`` by Glance's own import-lock rule (see :func:`stale_after`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import time
-from typing import Any, BinaryIO, Callable, Sequence, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from glance_imgplugins import exception
+from glance_imgplugins.cmd import status as st
 from glance_imgplugins.multistore import progress as prog
+from glance_imgplugins.multistore.api import (
+    TRANSIENT_STATUSES, Api, CountingReader)
 from glance_imgplugins.multistore.render import Renderer
 
 Clock = Callable[[], float]
+
+#: Glance 33 busts an import lock whose task was last updated this long ago
+#: (glance/api/v2/images.py _enforce_import_lock); twice that when pending.
+IMPORT_LOCK_EXPIRY = 3600.0
 
 
 @dataclasses.dataclass
@@ -31,90 +60,41 @@ class ImportRequest:
     allow_failure: bool
     file: str | None = None
     uri: str | None = None
+    wait: bool = True
 
 
-class Api:
-    """The few Image API calls the CLI makes, as raw JSON."""
+@dataclasses.dataclass
+class Result:
+    """What a command ends with: its exit status and what it last saw."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    status: int
+    # success, partial, failed, started, lost, stuck, interrupted
+    outcome: str
+    image_id: str
+    progress: prog.Progress | None = None
+    method: str = ''
+    message: str = ''
 
-    def _call(self, action: str, func: Callable[..., Any], *args: Any,
-              **kwargs: Any) -> Any:
-        from glanceclient import exc as gexc
-        try:
-            return func(*args, **kwargs)
-        except gexc.HTTPException as err:
-            reason = getattr(err, 'details', None) or str(err)
-            raise exception.ImageApiError(
-                action=action, reason='HTTP %s: %s' % (
-                    getattr(err, 'code', '?'), _clean(reason))) from err
-        except exception.GlanceImgPluginsError:
-            raise
-        except (gexc.BaseException, OSError) as err:
-            raise exception.ApiConnectionError(reason='%s: %s' % (
-                type(err).__name__, err)) from err
-        except Exception as err:
-            # keystoneauth failures (no catalog entry, bad credentials...)
-            if type(err).__module__.startswith('keystoneauth1'):
-                raise exception.ApiConnectionError(reason='%s: %s' % (
-                    type(err).__name__, err)) from err
-            raise
-
-    def get(self, path: str, action: str) -> Any:
-        _resp, body = self._call(action, self.client.http_client.get, path)
-        return body
-
-    def image(self, image_id: str) -> dict[str, Any]:
-        body: dict[str, Any] = self.get('/v2/images/%s' % image_id,
-                                        'show image %s' % image_id)
-        return body
-
-    def tasks(self, image_id: str) -> list[dict[str, Any]]:
-        body = self.get('/v2/images/%s/tasks' % image_id,
-                        'list the tasks of image %s' % image_id)
-        return list(body.get('tasks') or [])
-
-    def stores(self) -> list[dict[str, Any]]:
-        body = self.get('/v2/info/stores', 'list stores')
-        return list(body.get('stores') or [])
-
-    def create(self, req: ImportRequest) -> str:
-        fields: dict[str, Any] = dict(req.properties)
-        fields.update(disk_format=req.disk_format,
-                      container_format=req.container_format)
-        if req.name is not None:
-            fields['name'] = req.name
-        image = self._call('create the image', self.client.images.create,
-                           **fields)
-        return str(image['id'])
-
-    def stage(self, image_id: str, data: Any, size: int | None) -> None:
-        self._call('stage the image data', self.client.images.stage,
-                   image_id, data, size)
-
-    def start_import(self, image_id: str, method: str, *,
-                     stores: Sequence[str] | None, all_stores: bool,
-                     allow_failure: bool, uri: str | None = None) -> None:
-        self._call('start the %s import' % method,
-                   self.client.images.image_import, image_id, method,
-                   uri=uri, stores=list(stores) if stores else None,
-                   all_stores=all_stores or None,
-                   allow_failure=allow_failure)
+    def as_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            'id': self.image_id,
+            'outcome': self.outcome,
+            'exit_status': self.status,
+            'method': self.method,
+            'status': p.image_status if p else '',
+            'task_id': p.task_id if p else None,
+            'task_status': p.task_status if p else None,
+            'task_message': p.task_message if p else '',
+            'stores': [s.as_dict() for s in p.stores] if p else [],
+            'elapsed': round(p.elapsed, 2) if p else 0.0,
+            'message': self.message,
+        }
 
 
-def _clean(text: str) -> str:
-    # glanceclient hands back the server's HTML error page body.
-    text = ' '.join(str(text).replace('<br />', ' ').split())
-    for tag in ('<html>', '</html>', '<head>', '</head>', '<body>',
-                '</body>', '<h1>', '</h1>', '<title>', '</title>'):
-        text = text.replace(tag, ' ')
-    return ' '.join(text.split())
-
-
-def writable_stores(stores: Sequence[dict[str, Any]]) -> list[str]:
+def writable_stores(stores: Sequence[Mapping[str, Any]]) -> list[str]:
     """Store ids Glance's ``all_stores`` would use, in its order."""
-    return [s['id'] for s in stores
+    return [str(s['id']) for s in stores
             if str(s.get('read-only', '')).lower() != 'true']
 
 
@@ -125,76 +105,207 @@ def check_stores(wanted: Sequence[str], available: Sequence[str]) -> None:
                                       enabled=','.join(available) or 'none')
 
 
-class _CountingReader:
-    """A file wrapper that reports how much glanceclient has read."""
+def _parse_time(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace('Z', '+00:00'))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
 
-    def __init__(self, f: BinaryIO, report: Callable[[int], None]) -> None:
-        self._f = f
-        self._report = report
-        self.sent = 0
 
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._f.read(size)
-        self.sent += len(chunk)
-        self._report(self.sent)
-        return chunk
+def stale_after(task_status: str | None, override: float | None) -> float:
+    """Seconds without a task update after which an import is stuck."""
+    if override is not None:
+        return override
+    return IMPORT_LOCK_EXPIRY * (2 if task_status == 'pending' else 1)
+
+
+def stuck_for(image: Mapping[str, Any], task: Mapping[str, Any] | None,
+              now: datetime.datetime, override: float | None
+              ) -> float | None:
+    """Seconds the task has not moved, when that makes the import stuck.
+
+    Only a running task (pending/processing) of an image still importing
+    (status ``importing``, or stores still listed as importing for a copy)
+    can be stuck; Glance itself lets the next import take the lock then.
+    """
+    if task is None or task.get('status') not in ('pending', 'processing'):
+        return None
+    if image.get('status') != 'importing' and not prog.split_stores(
+            image.get('os_glance_importing_to_stores')):
+        return None
+    updated = _parse_time(task.get('updated_at') or task.get('created_at'))
+    if updated is None:
+        return None
+    age = (now - updated).total_seconds()
+    return age if age >= stale_after(str(task.get('status')), override) \
+        else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes >= 60:
+        return '%d h %02d min' % divmod(minutes, 60)
+    if minutes:
+        return '%d min' % minutes
+    return '%d s' % int(seconds)
 
 
 class Runner:
-    """Runs one command against the API, drawing with ``renderer``."""
+    """Runs one command against the API, drawing with ``renderer``.
+
+    ``commands`` is how users spell this front end's commands (for the
+    hints printed: ``openstack image multistore `` or
+    ``glance-imgplugins ``).
+    """
 
     def __init__(self, api: Api, renderer: Renderer, *,
                  interval: float = 1.0, clock: Clock = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 record: TextIO | None = None) -> None:
+                 record: TextIO | None = None, retry_for: float = 60.0,
+                 stale_after: float | None = None,
+                 commands: str = 'glance-imgplugins ') -> None:
         self.api = api
         self.renderer = renderer
         self.interval = interval
         self.clock = clock
         self.sleep = sleep
         self.record = record
+        self.retry_for = retry_for
+        self.stale_after = stale_after
+        self.commands = commands
         self.started = clock()
 
     def elapsed(self) -> float:
         return self.clock() - self.started
 
+    def resume_hint(self, image_id: str) -> str:
+        return '%swatch %s' % (self.commands, image_id)
+
     # -- watching -----------------------------------------------------------
 
-    def watch(self, watcher: prog.Watcher, **extra: Any) -> int:
-        """Poll until the import task ends; returns the exit status."""
+    def _poll(self, image_id: str) -> tuple[dict[str, Any],
+                                             list[dict[str, Any]]]:
+        # Tasks first: when the task has ended, the image read after it is
+        # at least as new.
+        tasks = self.api.tasks(image_id)
+        image = self.api.image(image_id)
+        if self.record is not None:
+            self.record.write(json.dumps({
+                'elapsed': round(self.elapsed(), 3), 'image': image,
+                'tasks': tasks}) + '\n')
+            self.record.flush()
+        return image, tasks
+
+    def _now(self) -> datetime.datetime:
+        # The server's clock: task times are the server's, and ours may be
+        # off by more than a poll interval.
+        return self.api.server_now or datetime.datetime.now(
+            datetime.timezone.utc)
+
+    def watch(self, watcher: prog.Watcher, method: str = '',
+              **extra: Any) -> Result:
+        """Poll until the import task ends, is stuck or is out of reach."""
         progress: prog.Progress | None = watcher.last
+        failing_since: float | None = None
+        delay = self.interval
         try:
             while True:
-                # Tasks first: when the task has ended, the image read
-                # after it is at least as new.
-                tasks = self.api.tasks(watcher.image_id)
-                image = self.api.image(watcher.image_id)
-                if self.record is not None:
-                    self.record.write(json.dumps({
-                        'elapsed': round(self.elapsed(), 3),
-                        'image': image, 'tasks': tasks}) + '\n')
-                    self.record.flush()
+                try:
+                    image, tasks = self._poll(watcher.image_id)
+                except (exception.ApiConnectionError,
+                        exception.ImageApiError) as err:
+                    transient = isinstance(
+                        err, exception.ApiConnectionError) or (
+                        isinstance(err, exception.ImageApiError)
+                        and err.http_status in TRANSIENT_STATUSES)
+                    if not transient:
+                        raise
+                    now = self.clock()
+                    if failing_since is None:
+                        failing_since = now
+                        delay = max(self.interval, 1.0)
+                    if now - failing_since >= self.retry_for:
+                        return self._lost(watcher, progress, method, err)
+                    wait = min(delay, self.retry_for - (now - failing_since))
+                    self.renderer.note('%s; retrying in %.0f s' % (
+                        err, max(wait, 1)))
+                    self.sleep(max(wait, 0.1))
+                    delay = min(delay * 2, 30.0)
+                    continue
+                if failing_since is not None:
+                    self.renderer.note('The Image API answers again.')
+                    failing_since = None
                 progress = watcher.update(image, tasks, self.elapsed())
                 self.renderer.update(progress)
                 if progress.outcome is not None:
-                    self.renderer.finish(progress, **extra)
-                    return progress.outcome.exit_status
+                    self.renderer.finish(progress, method=method, **extra)
+                    return Result(progress.outcome.exit_status,
+                                  progress.outcome.value, watcher.image_id,
+                                  progress, method)
+                task = prog.newest_task(tasks, watcher.known_task_ids)
+                age = stuck_for(image, task, self._now(), self.stale_after)
+                if age is not None and task is not None:
+                    return self._stuck(watcher, progress, method, image,
+                                       task, age)
                 self.sleep(self.interval)
         except KeyboardInterrupt:
-            self.renderer.interrupted(
-                progress, 'glance-imgplugins watch %s' % watcher.image_id)
-            return prog.EXIT_INTERRUPTED
+            self.renderer.interrupted(progress,
+                                      self.resume_hint(watcher.image_id))
+            return Result(st.INTERRUPTED, 'interrupted', watcher.image_id,
+                          progress, method,
+                          'Stopped watching; the import goes on in Glance.')
+
+    def _lost(self, watcher: prog.Watcher, progress: prog.Progress | None,
+              method: str, err: Exception) -> Result:
+        resume = self.resume_hint(watcher.image_id)
+        message = ('Lost contact with the Image API for %s (%s). The import '
+                   'goes on in Glance; follow it again with: %s' % (
+                       _duration(self.retry_for), err, resume))
+        self.renderer.lost(progress, message, resume)
+        return Result(st.LOST, 'lost', watcher.image_id, progress, method,
+                      message)
+
+    def _stuck(self, watcher: prog.Watcher, progress: prog.Progress,
+               method: str, image: Mapping[str, Any],
+               task: Mapping[str, Any], age: float) -> Result:
+        image_id = watcher.image_id
+        if method == 'copy-image':
+            todo = ('an admin can copy it again (%scopy %s --retry-failed '
+                    'or --store ...), which takes the expired lock'
+                    % (self.commands, image_id))
+        else:
+            todo = ('the owner can delete the image and import it again '
+                    '(Glance accepts a new import of an image that is '
+                    'still "importing" only after the lock expired, and '
+                    'only by copy-image)')
+        message = (
+            'The import of image %s looks stuck: its task %s is %s but has '
+            'not been updated for %s (Glance lets the next import take the '
+            'lock after %s). The Glance API process running it has most '
+            'likely stopped; an admin can find task %s in the API logs. '
+            'To go on, %s.' % (
+                image_id, task.get('id'), task.get('status'), _duration(age),
+                _duration(stale_after(str(task.get('status')),
+                                      self.stale_after)),
+                task.get('id'), todo))
+        self.renderer.stuck(progress, message)
+        return Result(st.STUCK, 'stuck', image_id, progress, method, message)
 
     # -- import -------------------------------------------------------------
 
-    def run_import(self, req: ImportRequest) -> int:
+    def run_import(self, req: ImportRequest) -> Result:
         available = writable_stores(self.api.stores())
         if req.all_stores:
             targets = list(available)
         else:
             targets = list(req.stores or [])
             check_stores(targets, available)
-        size = None
+        size = 0
         if req.file is not None:
             try:
                 size = os.path.getsize(req.file)
@@ -206,29 +317,49 @@ class Runner:
         self.renderer.start(method=method, stores=targets,
                             all_stores=req.all_stores,
                             allow_failure=req.allow_failure)
-        image_id = self.api.create(req)
+        fields: dict[str, Any] = dict(req.properties)
+        fields.update(disk_format=req.disk_format,
+                      container_format=req.container_format)
+        if req.name is not None:
+            fields['name'] = req.name
+        image_id = self.api.create(fields)
         self.renderer.note('Created image %s' % image_id)
         watcher = prog.Watcher(image_id, targets, method=method)
-        try:
-            if req.file is not None:
+        if req.file is not None:
+            try:
                 with data:
                     self._stage(watcher, data, size)
-        except KeyboardInterrupt:
-            self.renderer.note(
-                'Interrupted while uploading: image %s was not imported. '
-                'Delete it with: glance image-delete %s' % (image_id,
-                                                           image_id))
-            return prog.EXIT_INTERRUPTED
+            except KeyboardInterrupt:
+                message = ('Interrupted while uploading: image %s was not '
+                           'imported. Delete it with: openstack image '
+                           'delete %s' % (image_id, image_id))
+                self.renderer.note(message)
+                return Result(st.INTERRUPTED, 'interrupted', image_id,
+                              watcher.last, method, message)
         # Explicit stores even for --all-stores: the set Glance would pick,
         # and the display order is then the order Glance writes them in.
         self.api.start_import(image_id, method, stores=targets,
-                              all_stores=False,
                               allow_failure=req.allow_failure, uri=req.uri)
+        if not req.wait:
+            return self._started(image_id, method, targets)
         return self.watch(watcher, method=method,
                           allow_failure=req.allow_failure)
 
-    def _stage(self, watcher: prog.Watcher, data: BinaryIO,
-               size: int | None) -> None:
+    def _started(self, image_id: str, method: str,
+                 targets: Sequence[str]) -> Result:
+        resume = self.resume_hint(image_id)
+        message = 'Import started; follow it with: %s' % resume
+        self.renderer.note(message)
+        progress = prog.Progress(
+            image_id=image_id, image_status='importing', task_id=None,
+            task_status=None, task_message='', phase='queued',
+            conversion_percent=None,
+            stores=tuple(prog.StoreProgress(s, prog.StoreState.WAITING)
+                         for s in targets),
+            elapsed=self.elapsed())
+        return Result(st.OK, 'started', image_id, progress, method, message)
+
+    def _stage(self, watcher: prog.Watcher, data: Any, size: int) -> None:
         last = [0.0]
 
         def report(sent: int) -> None:
@@ -239,14 +370,15 @@ class Runner:
                                                      self.elapsed()))
 
         self.renderer.update(watcher.staging(0, size, self.elapsed()))
-        self.api.stage(watcher.image_id, _CountingReader(data, report), size)
+        self.api.stage(watcher.image_id, CountingReader(data, size, report))
 
     # -- copy ---------------------------------------------------------------
 
-    def run_copy(self, image_id: str, *, stores: list[str] | None,
+    def run_copy(self, image_ref: str, *, stores: list[str] | None,
                  all_stores: bool, retry_failed: bool,
-                 allow_failure: bool) -> int:
-        image = self.api.image(image_id)
+                 allow_failure: bool, wait: bool = True) -> Result:
+        image = self.api.find_image(image_ref)
+        image_id = str(image['id'])
         if image.get('status') != 'active':
             raise exception.ImageApiError(
                 action='copy image %s' % image_id,
@@ -258,16 +390,15 @@ class Runner:
             failed = prog.split_stores(image.get('os_glance_failed_import'))
             targets = [s for s in failed if s not in held]
             if not targets:
-                self.renderer.note('Image %s has no failed store to retry '
-                                   '(os_glance_failed_import is empty).'
-                                   % image_id)
-                return self._nothing_to_do(image, held)
+                return self._nothing_to_do(
+                    image, held, 'Image %s has no failed store to retry '
+                    '(os_glance_failed_import is empty).' % image_id)
         elif all_stores:
             targets = [s for s in available if s not in held]
             if not targets:
-                self.renderer.note('Image %s is already in every store.'
-                                   % image_id)
-                return self._nothing_to_do(image, held)
+                return self._nothing_to_do(
+                    image, held, 'Image %s is already in every store.'
+                    % image_id)
         else:
             targets = list(stores or [])
             check_stores(targets, available)
@@ -281,13 +412,17 @@ class Runner:
                             all_stores=all_stores,
                             allow_failure=allow_failure, image_id=image_id)
         self.api.start_import(image_id, 'copy-image', stores=targets,
-                              all_stores=False, allow_failure=allow_failure)
+                              allow_failure=allow_failure)
+        if not wait:
+            return self._started(image_id, 'copy-image', targets)
         watcher = prog.Watcher(image_id, targets, known_task_ids=known,
                                method='copy-image')
         return self.watch(watcher, method='copy-image',
                           allow_failure=allow_failure)
 
-    def _nothing_to_do(self, image: dict[str, Any], held: list[str]) -> int:
+    def _nothing_to_do(self, image: dict[str, Any], held: list[str],
+                       note: str) -> Result:
+        self.renderer.note(note)
         progress = prog.Progress(
             image_id=str(image['id']), image_status=str(image['status']),
             task_id=None, task_status=None, task_message='',
@@ -296,19 +431,22 @@ class Runner:
                                             image.get('size')) for s in held),
             elapsed=self.elapsed(), outcome=prog.Outcome.SUCCESS)
         self.renderer.finish(progress, method='copy-image')
-        return prog.EXIT_OK
+        return Result(st.OK, 'success', str(image['id']), progress,
+                      'copy-image', note)
 
     # -- watch --------------------------------------------------------------
 
-    def run_watch(self, image_id: str) -> int:
-        image = self.api.image(image_id)
+    def run_watch(self, image_ref: str) -> Result:
+        image = self.api.find_image(image_ref)
+        image_id = str(image['id'])
         tasks = self.api.tasks(image_id)
         task = prog.newest_task(tasks)
         if task is None:
             raise exception.ImageApiError(
                 action='watch image %s' % image_id,
                 reason='it has no import task')
-        backend = (task.get('input') or {}).get('backend')
+        task_input = task.get('input') or {}
+        backend = task_input.get('backend')
         if isinstance(backend, list) and backend:
             stores = [str(s) for s in backend]
         else:
@@ -317,7 +455,7 @@ class Runner:
                         'os_glance_failed_import'):
                 stores += [s for s in prog.split_stores(image.get(key))
                            if s not in stores]
-        method = str(((task.get('input') or {}).get('import_req') or {})
+        method = str((task_input.get('import_req') or {})
                      .get('method', {}).get('name') or 'glance-direct')
         older = [t['id'] for t in tasks if t['id'] != task['id']]
         watcher = prog.Watcher(image_id, stores, known_task_ids=older,

@@ -1,6 +1,11 @@
-"""glance-imgplugins inspect: output and exit status on real corpus images."""
+"""glance-imgplugins inspect: output and exit status on real corpus images.
+
+The cliff command (what ``glance-imgplugins inspect`` and ``openstack image
+inspect`` run) and the argparse fallback used without the [cli] extra.
+"""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -8,6 +13,7 @@ import pytest
 
 from glance_imgplugins import inspection
 from glance_imgplugins.cmd import main
+from glance_imgplugins.cmd import status
 from tests.support import images
 
 
@@ -20,8 +26,8 @@ def _json(capsys, *argv):
                                   'qcow2_v2', 'vpc_fixed'])
 def test_json_safe(corpus, capsys, name):
     entry = images.ENTRIES[name]
-    status, data = _json(capsys, str(corpus.path(name)))
-    assert status == 0
+    code, data = _json(capsys, str(corpus.path(name)))
+    assert code == 0
     assert data['safe'] is True and data['failures'] == []
     assert data['format'] == entry.format
     assert data['properties'] == dict(entry.properties)
@@ -31,38 +37,76 @@ def test_json_safe(corpus, capsys, name):
 
 
 @pytest.mark.parametrize('name', sorted(images.HOSTILE))
-def test_json_unsafe_exit_1(corpus, capsys, name):
-    status, data = _json(capsys, str(corpus.path(name)))
-    assert status == 1
+def test_json_unsafe_exit_8(corpus, capsys, name):
+    code, data = _json(capsys, str(corpus.path(name)))
+    assert code == status.UNSAFE == 8
     assert data['safe'] is False
     assert data['failures'] == sorted(images.HOSTILE[name].failures)
 
 
 def test_table(corpus, capsys):
-    status = main.main(['inspect', str(corpus.path('qcow2_data_file'))])
+    code = main.main(['inspect', str(corpus.path('qcow2_data_file'))])
     out = capsys.readouterr().out
-    assert status == 1
-    assert 'UNSAFE' in out
-    assert 'failure       data_file: Image has data_file set' in out
-    status = main.main(['inspect', str(corpus.path('vmdk_sparse_buslogic'))])
+    assert code == status.UNSAFE
+    assert '| safe              | False ' in out
+    assert '| failure_reasons   | data_file = Image has data_file set' in out
+    code = main.main(['inspect', str(corpus.path('vmdk_sparse_buslogic'))])
     out = capsys.readouterr().out
-    assert status == 0
-    assert 'hw_scsi_model = buslogic  [bus]' in out
-    assert 'vmware_adaptertype = busLogic  [vmware]' in out
+    assert code == 0
+    assert 'hw_scsi_model = buslogic' in out
+    assert 'vmware_adaptertype = busLogic' in out
+
+
+def test_value_of_one_column(corpus, capsys):
+    code = main.main(['inspect', '-f', 'value', '-c', 'format',
+                      str(corpus.path('qcow2_v2'))])
+    assert code == 0
+    assert capsys.readouterr().out == 'qcow2\n'
 
 
 def test_vmdk_allowed_type_option(corpus, capsys):
     path = str(corpus.path('vmdk_stream_ide'))
-    status, data = _json(capsys, '--vmdk-allowed-type', 'monolithicSparse',
-                         path)
-    assert status == 1 and data['failures'] == ['vmdk_create_type']
+    code, data = _json(capsys, '--vmdk-allowed-type', 'monolithicSparse',
+                       path)
+    assert code == status.UNSAFE and data['failures'] == ['vmdk_create_type']
 
 
-def test_unreadable_exit_2(tmp_path, capsys):
-    status = main.main(['inspect', str(tmp_path / 'nope')])
+def test_missing_file_is_unreadable_input(tmp_path, capsys):
+    code = main.main(['inspect', str(tmp_path / 'nope')])
     captured = capsys.readouterr()
-    assert status == 2
-    assert 'cannot read' in captured.err
+    assert code == status.UNREADABLE == 7
+    assert captured.err == ('glance-imgplugins inspect: error: Cannot read '
+                            '%s: No such file or directory\n'
+                            % (tmp_path / 'nope'))
+    assert captured.out == ''
+
+
+def test_fifo_is_unreadable_input(tmp_path, capsys):
+    fifo = tmp_path / 'pipe'
+    os.mkfifo(fifo)
+    code = main.main(['inspect', str(fifo)])
+    captured = capsys.readouterr()
+    assert code == status.UNREADABLE
+    assert 'not a regular file' in captured.err
+    assert 'Traceback' not in captured.err
+
+
+def test_usage_error_is_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main.main(['inspect'])
+    assert info.value.code == status.USAGE
+
+
+def test_fallback_without_cli_extra(corpus, capsys):
+    """Without cliff/osc-lib: inspect and check-config run on argparse."""
+    path = str(corpus.path('qcow2_data_file'))
+    assert main._fallback(['inspect', '-f', 'json', path], 'cliff') == 8
+    assert json.loads(capsys.readouterr().out)['failures'] == ['data_file']
+    assert main._fallback(['inspect', '/nonexistent'], 'cliff') == 7
+    assert main._fallback(['import', 'x', '--all-stores'], 'cliff') == 1
+    err = capsys.readouterr().err
+    assert "pip install 'glance-imgplugins[cli]'" in err
+    assert 'Traceback' not in err
 
 
 def test_console_script(corpus):
@@ -71,6 +115,6 @@ def test_console_script(corpus):
         [sys.executable, '-m', 'glance_imgplugins.cmd.main', 'inspect',
          '--format', 'json', str(corpus.path('vmdk_extent_host_path'))],
         capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == status.UNSAFE
     assert json.loads(proc.stdout)['failures'] == ['descriptor']
     assert proc.stderr == ''

@@ -68,10 +68,21 @@ def test_plain_renderer_prints_changes_only() -> None:
     lines = text.splitlines()
     assert sum('fast  importing' in line for line in lines) == 1
     assert '[00:01] ok fast  done       24.0 MiB stored' in lines
-    assert any(line.startswith('| bad   | failed |') for line in lines)
+    # The table is the command's result (cliff, on stdout), not progress.
+    assert not any(line.startswith('|') for line in lines)
     assert lines[-1].startswith('Image %s is active in fast, cheap; failed '
                                 'in bad. Retry with: glance-imgplugins copy'
                                 % image_id(snaps))
+
+
+def test_hints_use_the_front_end_spelling() -> None:
+    _snaps, seen = _replayed('serial_allow_failure')
+    out = io.StringIO()
+    renderer = render.PlainRenderer(out, io.StringIO(),
+                                    commands='openstack image multistore ')
+    renderer.finish(seen[-1])
+    assert ('Retry with: openstack image multistore copy %s --retry-failed'
+            % seen[-1].image_id) in out.getvalue()
 
 
 def test_json_renderer_events_and_result() -> None:
@@ -98,15 +109,23 @@ def test_json_renderer_events_and_result() -> None:
     assert [s['state'] for s in result['stores']] == ['failed'] * 3
 
 
-def test_notes_stay_off_stdout_in_json_mode() -> None:
+def test_json_mode_writes_only_json_lines() -> None:
     out, err = io.StringIO(), io.StringIO()
     renderer = render.JsonRenderer(out, err)
     renderer.note('Created image x')
     renderer.interrupted(None, 'glance-imgplugins watch x')
-    assert json.loads(out.getvalue()) == {
-        'event': 'interrupted', 'resume': 'glance-imgplugins watch x'}
-    assert 'Created image x' in err.getvalue()
-    assert 'glance-imgplugins watch x' in err.getvalue()
+    renderer.lost(None, 'Lost contact', 'glance-imgplugins watch x')
+    renderer.error('Cannot reach the Image API', 1)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert events == [
+        {'event': 'note', 'message': 'Created image x'},
+        {'event': 'interrupted', 'resume': 'glance-imgplugins watch x',
+         'message': 'Stopped watching; the import goes on in Glance.'},
+        {'event': 'lost', 'resume': 'glance-imgplugins watch x',
+         'message': 'Lost contact'},
+        {'event': 'error', 'error': 'Cannot reach the Image API',
+         'exit_status': 1}]
+    assert err.getvalue() == ''
 
 
 def test_summary_table_columns_line_up() -> None:
@@ -129,3 +148,12 @@ def test_make_renderer_picks_by_tty() -> None:
     assert isinstance(render.make_renderer(Tty(), io.StringIO(),
                                            json_lines=True),
                       render.JsonRenderer)
+    assert isinstance(render.make_renderer(io.StringIO(), io.StringIO(),
+                                           style='live'),
+                      render.LiveRenderer)
+    assert isinstance(render.make_renderer(Tty(), io.StringIO(),
+                                           style='plain'),
+                      render.PlainRenderer)
+    assert isinstance(render.make_renderer(Tty(), io.StringIO(),
+                                           style='none'),
+                      render.QuietRenderer)

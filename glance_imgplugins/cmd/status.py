@@ -1,0 +1,58 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Exit statuses of ``glance-imgplugins`` and of the ``openstack image``
+commands this package adds: one meaning per number, in every command.
+
+doc/source/multistore.rst lists them for users; keep the two in step.
+"""
+
+from __future__ import annotations
+
+OK = 0            # every requested store holds the image; inspect: safe
+NOT_STARTED = 1   # nothing was started: refused, auth, unknown store...
+USAGE = 2         # bad command line (argparse's own status)
+PARTIAL = 3       # allow-failure: the image is usable, some stores failed
+FAILED = 4        # the import task failed: no usable image from it
+LOST = 5          # lost contact with the API mid-watch: the import goes on
+STUCK = 6         # the task stopped moving (its API process is gone)
+UNREADABLE = 7    # inspect: not a regular file, changed while read, missing
+UNSAFE = 8        # inspect: an import would refuse this image
+INTERRUPTED = 130  # Ctrl-C: we stopped watching, the import goes on
+
+#: (status, meaning) in the order the documentation lists them.
+TABLE = (
+    (OK, 'success: every requested store holds the image (inspect: the '
+         'image is safe; check-config: no problem)'),
+    (NOT_STARTED, 'nothing was started: the API refused the request, '
+                  'authentication failed, the API or Keystone cannot be '
+                  'reached, unknown store or image (check-config: '
+                  'problems found)'),
+    (USAGE, 'bad command line'),
+    (PARTIAL, 'allow-failure: the image is usable, some stores failed'),
+    (FAILED, 'the import task failed'),
+    (LOST, 'lost contact with the Image API while watching, after retries; '
+           'the import goes on, the printed watch command resumes'),
+    (STUCK, 'the import task stopped moving for longer than the import '
+            'lock expiry while the image is importing'),
+    (UNREADABLE, 'inspect: the input cannot be read as an image file (a '
+                 'FIFO, a device, missing, changed while read)'),
+    (UNSAFE, 'inspect: an import would refuse the image'),
+    (INTERRUPTED, 'Ctrl-C: the command stopped; an import goes on in '
+                  'Glance and the printed watch command resumes'),
+)
+
+
+def epilog() -> str:
+    """The exit-status table for ``--help`` epilogs."""
+    return 'exit status: ' + '; '.join(
+        '%d %s' % (code, text.split(':')[0]) for code, text in TABLE)
