@@ -1,7 +1,9 @@
 """property_injection inside a real Glance 33, driven by the real ``glance``
-CLI: an admin and a member import the same images; rules differ by role and
-by what ``image_introspection`` detected, and the exact resulting properties
-are asserted.
+CLI, behind a real Keystone: an admin of one project and a member of
+another import the same images; rules differ by role and by what
+``image_introspection`` detected, and the exact resulting properties are
+asserted.  The roles are Keystone's own role assignments, including a
+custom role (``partner``) that implies ``member`` and ``image_curator``.
 
 Pipeline: image_introspection (ours) -> image_conversion (Glance's own,
 output raw) -> property_injection, so rules see the detected facts, the
@@ -19,6 +21,7 @@ import threading
 import pytest
 
 from tests.support import images
+from tests.support import keystone as ks
 from tests.support.glance_server import (
     ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, free_port, parse_table)
 
@@ -37,6 +40,11 @@ RULES = """\
         protect: [support_tier]
         default: {support_tier: community}
         forbid: ["hw_firmware_*"]
+      - name: curators
+        match: {roles: image_curator}
+        set:
+          curated_by: "${project_id}"
+          curator_roles: "${roles}"
       - name: lsi-to-virtio
         match:
           original_disk_format: vmdk
@@ -54,6 +62,11 @@ CORE_FIELDS = frozenset([
 
 VMDK = 'vmdk_stream_lsilogic'
 QCOW2 = 'qcow2_v3'
+
+
+def user_id(name: str) -> str:
+    """Keystone's id of a test user (ids are generated, names are not)."""
+    return ks.shared().user_id(name)
 
 
 def properties(image: dict) -> dict:
@@ -106,7 +119,8 @@ def test_admin_and_member_get_role_and_fact_dependent_properties(glance):
     assert properties(admin) == {
         **detected,
         'hw_scsi_model': 'virtio-scsi',          # rule beats the fact
-        'imported_by': 'admin@admin-project via glance-direct',
+        'imported_by': '%s@admin-project via glance-direct' % user_id(
+            'admin'),
         'img_source_format': 'vmdk->raw',
         'support_tier': 'vendor'}
 
@@ -118,9 +132,35 @@ def test_admin_and_member_get_role_and_fact_dependent_properties(glance):
     assert properties(member) == {
         **detected,
         'hw_scsi_model': 'virtio-scsi',
-        'imported_by': 'alice@demo-project via glance-direct',
+        'imported_by': '%s@demo-project via glance-direct' % user_id(
+            'alice'),
         'img_source_format': 'vmdk->raw',
         'support_tier': 'community'}
+
+
+def test_implied_role_from_keystone_matches_rules(glance):
+    """dave holds only 'partner' in partner-project; Keystone puts the
+    roles it implies (member, image_curator, and reader through member)
+    in his token, and rules written for them apply."""
+    _id, image = import_image(glance, 'dave', QCOW2, 'support_tier=gold')
+    assert image['status'] == 'active' and image['owner'] == (
+        'partner-project')
+    assert properties(image) == {
+        'imported_by': '%s@partner-project via glance-direct' % user_id(
+            'dave'),
+        'img_source_format': 'qcow2->raw',
+        'support_tier': 'community',            # the member rule
+        'curated_by': 'partner-project',        # the curator rule
+        'curator_roles': 'image_curator,member,partner,reader'}
+
+
+def test_reader_cannot_import(glance):
+    """bob reads demo-project: Glance refuses the upload before any rule
+    runs."""
+    out = glance.glance('image-create', '--name', 'reader',
+                        '--disk-format', 'raw', '--container-format', 'bare',
+                        token='bob', check=False)
+    assert out.returncode != 0 and '403' in out.stderr, out.stderr
 
 
 def test_facts_cannot_be_faked_by_the_user(glance):
@@ -131,7 +171,8 @@ def test_facts_cannot_be_faked_by_the_user(glance):
     assert image['status'] == 'active' and image['disk_format'] == 'raw'
     assert properties(image) == {
         'vmware_adaptertype': 'lsiLogic',
-        'imported_by': 'alice@demo-project via glance-direct',
+        'imported_by': '%s@demo-project via glance-direct' % user_id(
+            'alice'),
         'img_source_format': 'qcow2->raw',
         'support_tier': 'community'}
 

@@ -1,16 +1,20 @@
 """A real Glance 33 API for functional tests and for the demo.
 
 Builds a config folder, syncs a sqlite database and runs ``glance.wsgi.api``
-under gunicorn on a free loopback port, with multi-store file backends (and
-any other driver a test names), the staging and tasks stores, all three
-import methods, and our plugins listed in ``glance-image-import.conf``.
+under gunicorn (or uWSGI) on a free loopback port, with multi-store file
+backends (and any other driver a test names), the staging and tasks stores,
+all three import methods, and our plugins listed in
+``glance-image-import.conf``.
 
-Identity comes from the test paste filter in ``tests.support.authfilter``:
-a token ``user:project:role1,role2`` is that user with those roles.
+Identity is a real Keystone (``tests.support.keystone``): Glance runs the
+``keystone`` paste flavor (keystonemiddleware ``auth_token``).  Tests name a
+test user where a token is wanted: ``ADMIN_TOKEN`` and ``MEMBER_TOKEN`` (or
+any name in ``keystone.USERS``) become that user's real token.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -21,25 +25,60 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+from tests.support import keystone as ks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
 
-ADMIN_TOKEN = 'admin:admin-project:admin,member,reader'
-MEMBER_TOKEN = 'alice:demo-project:member,reader'
+
+class TestUser(str):
+    """A test user's name that reads as a real Keystone token.
+
+    ``str(user)`` (and ``'%s' % user``) is a valid token of the shared
+    Keystone, so code that writes a token into a file or header keeps
+    working; the harness resolves it wherever it takes ``token=``.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    @property
+    def name(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return ks.shared().token(self.name)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+ADMIN_TOKEN = TestUser('admin')    # admin of admin-project
+MEMBER_TOKEN = TestUser('alice')   # member of demo-project
+
+
+def real_token(token: str | None) -> str | None:
+    """A Keystone token for a test user's name; anything else unchanged."""
+    if token is None:
+        return None
+    if isinstance(token, TestUser) or token in ks.USERS:
+        return ks.shared().token(str.__str__(token))
+    return token
 
 StoreSpec = tuple[str, Mapping[str, Any]]
 
+# Glance's own paste file, flavor ``keystone``, with one harness filter
+# (``stacks``, diagnostics only) and no unauthenticated pipeline.
 _PASTE_INI = """\
-[composite:glance-api]
+[composite:glance-api-keystone]
 paste.composite_factory = glance.api:root_app_factory
 /: api
 /healthcheck: healthcheck
 
 [composite:api]
 paste.composite_factory = glance.api:pipeline_factory
-default = cors http_proxy_to_wsgi versionnegotiation testauth context rootapp
+keystone = cors http_proxy_to_wsgi versionnegotiation stacks authtoken context rootapp
 
 [composite:rootapp]
 paste.composite_factory = glance.api:root_app_factory
@@ -60,8 +99,12 @@ disable_by_file_path = {workdir}/healthcheck_disable
 [filter:versionnegotiation]
 paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
 
-[filter:testauth]
-paste.filter_factory = tests.support.authfilter:filter_factory
+[filter:stacks]
+paste.filter_factory = tests.support.glance_server:stacks_filter_factory
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+delay_auth_decision = true
 
 [filter:context]
 paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
@@ -74,6 +117,20 @@ oslo_config_program = glance-api
 [filter:http_proxy_to_wsgi]
 paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory
 """
+
+
+def stacks_filter_factory(global_conf: Any, **local_conf: Any
+                          ) -> Callable[[Any], Any]:
+    """Paste filter that changes nothing: it lets the harness read every
+    worker thread's stack from ``stacks-<pid>.txt`` after a SIGUSR1
+    (see ``GlanceServer.stacks()``)."""
+    stacks_dir = os.environ.get('IMGPLUGINS_STACKS_DIR')
+    if stacks_dir:
+        stacks_file = open(os.path.join(stacks_dir, 'stacks-%d.txt'
+                                        % os.getpid()), 'w')
+        faulthandler.register(signal.SIGUSR1, file=stacks_file,
+                              all_threads=True)
+    return lambda app: app
 
 
 def free_port() -> int:
@@ -125,7 +182,13 @@ class GlanceServer:
                  threads: int = 4,
                  max_parallel_stores: int | None = None,
                  allowed_ports: Iterable[int] = (),
-                 check_config: bool = True) -> None:
+                 check_config: bool = True,
+                 server: str = 'gunicorn',
+                 keystone: ks.Keystone | None = None,
+                 region: str | None = None) -> None:
+        if server not in ('gunicorn', 'uwsgi'):
+            raise ValueError('server must be gunicorn or uwsgi, not %r'
+                             % server)
         self.workdir = Path(workdir).resolve()
         self.stores = dict(stores or {'fast': ('file', {}),
                                       'cheap': ('file', {})})
@@ -138,12 +201,24 @@ class GlanceServer:
         self.max_parallel_stores = max_parallel_stores
         self.allowed_ports = list(allowed_ports)
         self.check_config = check_config
+        self.server = server
+        self._keystone = keystone
         self.port = free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
+        # Each Glance is the image service of its own region in the shared
+        # Keystone's catalog, so a password login finds this one.
+        self.region = region or 'glance-%d' % self.port
+        self.clouds_yaml = self.workdir / 'clouds.yaml'
         self.conf_dir = self.workdir / 'etc'
         self.log_path = self.workdir / 'glance-api.log'
         self.staging_dir = self.workdir / 'staging'
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def keystone(self) -> ks.Keystone:
+        if self._keystone is None:
+            self._keystone = ks.shared()
+        return self._keystone
 
     # -- layout -------------------------------------------------------------
 
@@ -175,7 +250,9 @@ class GlanceServer:
             'database': {'connection': 'sqlite:///%s' % (
                 self.workdir / 'glance.sqlite')},
             'paste_deploy': {
+                'flavor': 'keystone',
                 'config_file': str(self.conf_dir / 'glance-api-paste.ini')},
+            'keystone_authtoken': self.keystone.authtoken_conf(),
             # prlimit-wrapped qemu-img calls re-exec this interpreter.
             'wsgi': {'python_interpreter': str(BIN_DIR / 'python')},
             'import_filtering_opts': {
@@ -211,21 +288,44 @@ class GlanceServer:
 
     # -- life cycle ---------------------------------------------------------
 
-    def env(self, token: str = ADMIN_TOKEN) -> dict[str, str]:
-        env = dict(os.environ)
+    def _base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith('OS_')}
         env.update({
-            'OS_IMAGE_URL': self.url,
-            'OS_AUTH_TOKEN': token,
             'OS_GLANCE_CONFIG_DIR': str(self.conf_dir),
             'IMGPLUGINS_STACKS_DIR': str(self.workdir),
-            # The test paste filter is imported from this checkout.
+            # The diagnostics paste filter is imported from this checkout.
             'PYTHONPATH': os.pathsep.join(
                 filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')])),
             'PATH': os.pathsep.join([str(BIN_DIR), env.get('PATH', '')]),
         })
-        for key in ('OS_AUTH_URL', 'OS_CLOUD', 'OS_USERNAME', 'OS_PASSWORD',
-                    'OS_AUTH_TYPE'):
-            env.pop(key, None)
+        return env
+
+    def env(self, token: str | None = ADMIN_TOKEN) -> dict[str, str]:
+        """Environment for a client: this Glance's URL and a real token of
+        ``token`` (a test user's name), no other ``OS_*`` variable."""
+        env = self._base_env()
+        env['OS_IMAGE_URL'] = self.url
+        resolved = real_token(token)
+        if resolved:
+            env['OS_AUTH_TOKEN'] = resolved
+        return env
+
+    def password_env(self, user: str = 'admin') -> dict[str, str]:
+        """Environment for a password login as ``user`` through Keystone
+        (``OS_AUTH_URL``, ``OS_USERNAME``, ``OS_PASSWORD``...): the client
+        finds this Glance in the catalog, in ``self.region``."""
+        env = self._base_env()
+        env.update(self.keystone.password_env(str.__str__(user),
+                                              self.region))
+        return env
+
+    def cloud_env(self, user: str = 'admin') -> dict[str, str]:
+        """Environment for ``--os-cloud``/``OS_CLOUD``: ``self.clouds_yaml``
+        holds one cloud per test user, named after it."""
+        env = self._base_env()
+        env.update(OS_CLIENT_CONFIG_FILE=str(self.clouds_yaml),
+                   OS_CLOUD=str.__str__(user))
         return env
 
     def start(self, timeout: float = 60) -> 'GlanceServer':
@@ -243,17 +343,16 @@ class GlanceServer:
         subprocess.run(
             [str(BIN_DIR / 'glance-manage'), '--config-file',
              str(self.conf_dir / 'glance-api.conf'), 'db_sync'],
-            env=self.env(), check=True, capture_output=True)
-        gunicorn_log = open(self.workdir / 'gunicorn.log', 'ab')
+            env=self._base_env(), check=True, capture_output=True)
+        self.keystone.add_image_endpoint(self.region, self.url)
+        self.keystone.clouds_yaml(self.clouds_yaml, self.region)
+        server_log = open(self.server_log, 'ab')
         self._proc = subprocess.Popen(
-            [str(BIN_DIR / 'gunicorn'), '--bind', '127.0.0.1:%d' % self.port,
-             '--workers', str(self.workers), '--threads', str(self.threads),
-             '--timeout', '600', '--pid', str(self.workdir / 'gunicorn.pid'),
-             'glance.wsgi.api:application'],
-            cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
-            stdout=gunicorn_log, stderr=subprocess.STDOUT,
+            self._server_command(), cwd=self.workdir,
+            env=self._base_env(), stdin=subprocess.DEVNULL,
+            stdout=server_log, stderr=subprocess.STDOUT,
             start_new_session=True)
-        gunicorn_log.close()
+        server_log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -270,6 +369,34 @@ class GlanceServer:
         self.stop()
         raise GlanceError('glance-api did not become healthy:\n%s'
                           % self.log_tail())
+
+    @property
+    def server_log(self) -> Path:
+        return self.workdir / ('%s.log' % self.server)
+
+    def _server_command(self) -> list[str]:
+        if self.server == 'gunicorn':
+            return [str(BIN_DIR / 'gunicorn'),
+                    '--bind', '127.0.0.1:%d' % self.port,
+                    '--workers', str(self.workers),
+                    '--threads', str(self.threads), '--timeout', '600',
+                    '--no-control-socket',
+                    '--pid', str(self.workdir / 'gunicorn.pid'),
+                    'glance.wsgi.api:application']
+        # As devstack runs Glance.  glanceclient stages with chunked
+        # transfer encoding: without the chunked-input options uWSGI
+        # answers 500 ("unable to receive chunked part").
+        return [str(BIN_DIR / 'uwsgi'),
+                '--http-socket', '127.0.0.1:%d' % self.port,
+                '--module', 'glance.wsgi.api:application',
+                '--master', '--processes', str(self.workers),
+                '--threads', str(self.threads), '--enable-threads',
+                '--lazy-apps', '--die-on-term', '--buffer-size', '65535',
+                '--http-chunked-input', '--http-raw-body',
+                '--chunked-input-limit', '10485760',
+                '--add-header', 'Connection: close',
+                '--harakiri', '600',
+                '--pidfile', str(self.workdir / 'uwsgi.pid')]
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -319,7 +446,7 @@ class GlanceServer:
 
     def log_tail(self, lines: int = 60) -> str:
         out = []
-        for path in (self.workdir / 'gunicorn.log', self.log_path):
+        for path in (self.server_log, self.log_path):
             if path.exists():
                 out.append('==> %s <==' % path)
                 text = [line for line in
@@ -338,15 +465,18 @@ class GlanceServer:
     # -- clients ------------------------------------------------------------
 
     def glance(self, *args: str, token: str = ADMIN_TOKEN,
-               check: bool = True, timeout: float = 300
+               check: bool = True, timeout: float = 300,
+               env: Mapping[str, str] | None = None
                ) -> subprocess.CompletedProcess[str]:
-        """Run the real ``glance`` CLI (stdin closed, as from a terminal)."""
+        """Run the real ``glance`` CLI (stdin closed, as from a terminal)
+        with ``token``'s real token, or with ``env`` (e.g.
+        ``password_env('alice')``)."""
         cmd = [str(BIN_DIR / 'glance'), *args]
         # glanceclient refuses --file when stdin is a pipe: close it.
         proc = subprocess.run(
             ['bash', '-c', 'exec "$@" <&-', 'glance', *cmd],
-            env=self.env(token), capture_output=True, text=True,
-            timeout=timeout)
+            env=self.env(token) if env is None else env,
+            capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise GlanceError('%s failed (%d):\n%s\n%s' % (
                 ' '.join(args), proc.returncode, proc.stdout, proc.stderr))
@@ -360,15 +490,20 @@ class GlanceServer:
 
     def client(self, token: str = ADMIN_TOKEN) -> Any:
         from glanceclient import client as gclient
-        return gclient.Client('2', endpoint=self.url, token=token)
+        return gclient.Client('2', endpoint=self.url,
+                              token=real_token(token))
 
-    def request(self, method: str, path: str, token: str = ADMIN_TOKEN,
-                body: Any = None) -> Any:
+    def request(self, method: str, path: str,
+                token: str | None = ADMIN_TOKEN, body: Any = None) -> Any:
+        """One API call; ``token=None`` sends none.  HTTP errors raise
+        ``urllib.error.HTTPError``."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={'X-Auth-Token': token,
-                     'Content-Type': 'application/json'})
+        headers = {'Content-Type': 'application/json'}
+        resolved = real_token(token)
+        if resolved:
+            headers['X-Auth-Token'] = resolved
+        req = urllib.request.Request(self.url + path, data=data,
+                                     method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=30) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
