@@ -703,23 +703,30 @@ class ConvertImage(base.PluginTask):
     def undo(self, action: Any, result: Any, file_path: str | None) -> None:
         """A later task failed (a store, property_injection)."""
         src = base.staged_path(file_path) if file_path else None
-        if self._converted and src:
-            # The staged data is our output now: a glance-direct retry would
-            # read raw bytes under the original disk_format.
-            base.remove_file(src)
         if src:
             remove_outputs(src)
+        downloaded = self.request.import_method in base.DOWNLOAD_METHODS
         kept = src is not None and os.path.exists(src)
-        restore = self.restore_attributes(action, src if kept else None)
+        restore: dict[str, Any] = {}
+        if kept:
+            restore['size'] = os.stat(src).st_size
+        if self._converted and (downloaded or not kept):
+            # The download task's revert removes the staged data: the image
+            # goes back to what the user declared, for a new download.
+            restore.update(self.restore_attributes(action, None))
+            action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)
+        # Else the converted data stays staged under its own disk_format
+        # (the original format stays recorded): a glance-direct retry then
+        # imports it without converting again.
         base.fail_import(action, self.request.stores,
                          status=base.revert_status(
                              self.request.import_method, keep_staged=kept),
                          restore=restore)
-        if self._converted:
-            action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)
         LOG.info('%s: image %s reverted after a later task failed; staged '
                  'data %s', PLUGIN, self.request.image_id,
-                 'kept for a retry' if kept else 'removed')
+                 ('kept (converted) for a retry' if self._converted else
+                  'kept for a retry') if kept and not downloaded else
+                 'left to the download task' if downloaded else 'gone')
 
 
 def get_flow(**kwargs: Any) -> lf.Flow:

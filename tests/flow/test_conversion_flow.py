@@ -301,19 +301,37 @@ def test_partial_output_is_removed(make_import, monkeypatch, tmp_path):
 
 # --- a later task fails -----------------------------------------------------
 
-def test_later_failure_after_conversion(make_import):
+def test_later_failure_after_conversion(make_import, scratch):
     imp = make_import('vmdk_sparse_ide')
     with pytest.raises(RuntimeError, match='store exploded'):
         imp.run(PLUGINS, [Boom()])
     image = imp.image
-    assert image.status == 'queued'
-    assert image.disk_format == 'vmdk'
-    assert 'img_original_disk_format' not in image.extra_properties
+    # The converted data stays staged under its own disk_format (the
+    # original one recorded): a glance-direct retry imports it as it is.
+    assert image.status == 'uploading'
+    assert image.disk_format == 'raw'
+    assert image.extra_properties['img_original_disk_format'] == 'vmdk'
     assert 'vmware_adaptertype' not in image.extra_properties
     assert image.extra_properties['os_glance_failed_import'] == FAILED
-    # The output is removed; the original was removed when the conversion
-    # succeeded (Glance deletes only the path the flow hands on).
-    assert staging_files(imp) == set()
+    assert staging_files(imp) == {imp.image_id}
+    converted = sha256(imp.staged)
+    assert converted == expected_raw(imp, scratch)
+    imp.restart()
+    imp.run(PLUGINS)
+    assert imp.image.disk_format == 'raw'
+    assert sha256(imp.staged) == converted
+
+
+def test_later_failure_after_conversion_on_web_download(make_import):
+    imp = make_import('vmdk_sparse_ide', import_method='web-download')
+    with pytest.raises(RuntimeError, match='store exploded'):
+        imp.run(PLUGINS, [Boom()])
+    image = imp.image
+    # The download task's revert removes the data: back to what the user
+    # declared, for a new download.
+    assert image.disk_format == 'vmdk'
+    assert 'img_original_disk_format' not in image.extra_properties
+    assert image.extra_properties['os_glance_failed_import'] == FAILED
 
 
 def test_later_failure_without_conversion_keeps_staged_data(make_import):
