@@ -47,6 +47,7 @@ from oslo_concurrency import processutils
 from oslo_utils import imageutils
 
 from glance_imgplugins import exception
+from glance_imgplugins import inspection
 
 LOG = logging.getLogger(__name__)
 
@@ -480,8 +481,11 @@ def mapped_data_bytes(path: str, disk_format: str,
     as zeros), counted once per guest range: a qcow2 whose L2 entries all
     point at one cluster, or a vdi whose block map repeats one block, counts
     its whole expanded size, not the few host bytes it stores.  For vhdx
-    qemu-img reports every range as data, so the result is the virtual size
-    (an upper bound).  The output is parsed as it streams (bounded memory).
+    qemu-img reports every range as data; the count is then taken from the
+    BAT (``inspection.vhdx_payload_bytes``, after qemu-img opened the file
+    and so validated its layout), or stays the virtual size (an upper
+    bound) when the BAT cannot be trusted.  The output is parsed as it
+    streams (bounded memory).
 
     ``stop_above``: stop qemu-img as soon as the count exceeds it and return
     the count so far (then a lower bound, still > stop_above): a guard only
@@ -499,6 +503,10 @@ def mapped_data_bytes(path: str, disk_format: str,
         except ValueError as exc:
             raise exception.QemuImgError(
                 action='map', reason='unparsable output (%s)' % exc) from None
+    if fmt == 'vhdx':
+        payload = inspection.vhdx_payload_bytes(path)
+        if payload is not None:
+            return min(counter.data, payload)
     return counter.data
 
 

@@ -431,6 +431,33 @@ def _vdi_block_repeat(d: pathlib.Path, name: str) -> pathlib.Path:
     return out
 
 
+def _vhdx_blocks(d: pathlib.Path, name: str, repeat: bool) -> pathlib.Path:
+    """64 MiB vhdx with 1 MiB blocks and data in blocks 0 and 10; with
+    ``repeat`` every BAT payload entry then copies entry 0 (one file block
+    behind all 64 guest blocks)."""
+    out = d / (name + '.vhdx')
+    qemu_img('create', '-f', 'vhdx', '-o', 'block_size=1M', str(out),
+             str(64 * MiB))
+    subprocess.run(['qemu-io', '-f', 'vhdx', '-c', 'write -P 0x43 0 1M',
+                    '-c', 'write -P 0x44 10M 1M', str(out)], check=True,
+                   capture_output=True)
+    if repeat:
+        with open(out, 'r+b') as f:
+            f.seek(192 * 1024)
+            regions = f.read(64 * 1024)
+            (count,) = struct.unpack('<I', regions[8:12])
+            for i in range(count):
+                entry = regions[16 + 32 * i:48 + 32 * i]
+                if entry[:16] == _VHDX_BAT_REGION.bytes_le:
+                    (bat,) = struct.unpack('<Q', entry[16:24])
+            f.seek(bat)
+            first = f.read(8)
+            # chunk_ratio is 4096 here: the 64 entries are all payload.
+            f.seek(bat)
+            f.write(first * 64)
+    return out
+
+
 def _qcow2_full(d: pathlib.Path, name: str) -> pathlib.Path:
     """16 MiB qcow2 whose data fills the guest (random, incompressible)."""
     raw = d / ('_%s.raw' % name)
@@ -492,6 +519,7 @@ def _gpt_blank(d: pathlib.Path, name: str) -> pathlib.Path:
 
 
 _VHDX_METADATA_REGION = uuid.UUID('8B7CA206-4790-4B9A-B8FE-575F050F886E')
+_VHDX_BAT_REGION = uuid.UUID('2DC27766-F623-4200-9D64-115E9BFD4A08')
 _VHDX_FILE_PARAMETERS = uuid.UUID('CAA16737-FA36-4D43-B3B6-33F0AA44E76B')
 VHDX_PARENT_LOCATOR = uuid.UUID('A8D35F2D-B30B-454D-ABF7-D3D84834AB0C')
 _VHDX_LOCATOR_TYPE = uuid.UUID('B04AEFB7-D19E-4A81-B789-25B8E9445913')
@@ -813,6 +841,14 @@ SIZE_GUARD: dict[str, Entry] = _entries(
     Entry('vdi_block_repeat_bomb', _vdi_block_repeat, 'vdi',
           virtual_size=256 * MiB, qemu_format='vdi', data_bytes=256 * MiB,
           doc='vdi whose block map names one block 256 times'),
+    Entry('vhdx_bat_repeat_bomb',
+          lambda d, n: _vhdx_blocks(d, n, repeat=True), 'vhdx',
+          virtual_size=64 * MiB, qemu_format='vhdx', data_bytes=64 * MiB,
+          doc='vhdx whose BAT names one 1 MiB block for all 64 blocks'),
+    Entry('vhdx_sparse', lambda d, n: _vhdx_blocks(d, n, repeat=False),
+          'vhdx', virtual_size=64 * MiB, qemu_format='vhdx',
+          data_bytes=2 * MiB,
+          doc='64 MiB vhdx with two of its 1 MiB blocks written'),
     Entry('qcow2_full', _qcow2_full, 'qcow2', qemu_format='qcow2',
           data_bytes=VIRTUAL_SIZE,
           doc='qcow2 whose incompressible data fills the guest'),
