@@ -431,6 +431,52 @@ def _vdi_block_repeat(d: pathlib.Path, name: str) -> pathlib.Path:
     return out
 
 
+def _vmdk_gt_repeat(d: pathlib.Path, name: str) -> pathlib.Path:
+    """64 MiB sparse vmdk with one 64 KiB grain that every grain table
+    entry names, and every grain directory entry names the first table
+    (both directories: qemu reads the primary, others the redundant)."""
+    out = d / (name + '.vmdk')
+    qemu_img('create', '-f', 'vmdk', str(out), str(64 * MiB))
+    subprocess.run(['qemu-io', '-f', 'vmdk', '-c', 'write -P 0x45 0 64k',
+                    str(out)], check=True, capture_output=True)
+    with open(out, 'r+b') as f:
+        header = f.read(512)
+        capacity, grain = struct.unpack('<QQ', header[12:28])
+        (per_gt,) = struct.unpack('<I', header[44:48])
+        rgd, gd = struct.unpack('<QQ', header[48:64])
+        tables = -(-capacity // (grain * per_gt))
+        for directory in (gd, rgd):
+            f.seek(directory * 512)
+            (first_gt,) = struct.unpack('<I', f.read(4))
+            f.seek(first_gt * 512)
+            entry = f.read(4)
+            f.seek(first_gt * 512)
+            f.write(entry * per_gt)
+            f.seek(directory * 512)
+            f.write(struct.pack('<I', first_gt) * tables)
+    return out
+
+
+def _vhd_bat_repeat(d: pathlib.Path, name: str) -> pathlib.Path:
+    """64 MiB dynamic vhd whose BAT names one 2 MiB block for all blocks."""
+    out = d / (name + '.vhd')
+    qemu_img('create', '-f', 'vpc', str(out), str(64 * MiB))
+    subprocess.run(['qemu-io', '-f', 'vpc', '-c', 'write -P 0x46 0 2M',
+                    str(out)], check=True, capture_output=True)
+    with open(out, 'r+b') as f:
+        footer = f.read(512)
+        (dynamic,) = struct.unpack('>Q', footer[16:24])
+        f.seek(dynamic)
+        header = f.read(1024)
+        (table,) = struct.unpack('>Q', header[16:24])
+        (entries,) = struct.unpack('>I', header[28:32])
+        f.seek(table)
+        first = f.read(4)
+        f.seek(table)
+        f.write(first * entries)
+    return out
+
+
 def _vhdx_blocks(d: pathlib.Path, name: str, repeat: bool) -> pathlib.Path:
     """64 MiB vhdx with 1 MiB blocks and data in blocks 0 and 10; with
     ``repeat`` every BAT payload entry then copies entry 0 (one file block
@@ -841,6 +887,17 @@ SIZE_GUARD: dict[str, Entry] = _entries(
     Entry('vdi_block_repeat_bomb', _vdi_block_repeat, 'vdi',
           virtual_size=256 * MiB, qemu_format='vdi', data_bytes=256 * MiB,
           doc='vdi whose block map names one block 256 times'),
+    Entry('vmdk_gt_repeat_bomb', _vmdk_gt_repeat, 'vmdk',
+          virtual_size=64 * MiB, qemu_format='vmdk', data_bytes=64 * MiB,
+          facts={'vmdk_create_type': 'monolithicSparse'},
+          properties={'vmware_disktype': 'sparse', 'vmware_hw_version': '4',
+                      'vmware_adaptertype': 'ide', 'hw_disk_bus': 'ide'},
+          doc='sparse vmdk whose grain tables name one grain everywhere'),
+    # qemu's vpc geometry rounds 64 MiB up to 67125248 bytes (CHS).
+    Entry('vhd_bat_repeat_bomb', _vhd_bat_repeat, 'vhd',
+          virtual_size=67125248, qemu_format='vpc', data_bytes=67125248,
+          facts={'vhd_disk_type': 'dynamic'},
+          doc='dynamic vhd whose BAT names one 2 MiB block everywhere'),
     Entry('vhdx_bat_repeat_bomb',
           lambda d, n: _vhdx_blocks(d, n, repeat=True), 'vhdx',
           virtual_size=64 * MiB, qemu_format='vhdx', data_bytes=64 * MiB,

@@ -325,6 +325,7 @@ def _in_time(fn, seconds=5.0):
     return out
 
 
+@pytest.mark.timeout(30)
 def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / 'pipe'
     os.mkfifo(fifo)
@@ -336,6 +337,7 @@ def test_fifo_is_refused_without_blocking(tmp_path):
         'file' % fifo
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize('path,kind', [('/dev/zero', 'character device'),
                                        ('/dev/null', 'character device')])
 def test_device_is_refused_not_read_as_raw(path, kind):
@@ -344,6 +346,7 @@ def test_device_is_refused_not_read_as_raw(path, kind):
     assert out['error'].kwargs['kind'] == kind
 
 
+@pytest.mark.timeout(30)
 def test_socket_is_refused(tmp_path):
     path = str(tmp_path / 'sock')
     with socket.socket(socket.AF_UNIX) as sock:

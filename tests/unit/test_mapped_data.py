@@ -14,7 +14,7 @@
 
 The expansion bombs store a few hundred KiB yet expand to their whole guest
 size; the count must say so, and the conversion must really write that much
-(checked once, on the smaller bomb).
+(checked on every bomb but the 1 GiB qcow2, to keep the run short).
 """
 
 import os
@@ -36,12 +36,17 @@ def test_size_guard_entries(corpus, name):
     path = corpus.path(name)
     assert qemu_img.mapped_data_bytes(str(path), entry.format) \
         == entry.data_bytes
+    # qemu-img reads the bombs without complaint: nothing else refuses them.
+    assert qemu_img.info(str(path), entry.format).virtual_size \
+        >= entry.data_bytes
     if 'bomb' in name:
         # What the pre-#10 guard trusted: a small fraction allocated.
         assert os.stat(path).st_blocks * 512 < entry.data_bytes // 10
 
 
 @pytest.mark.parametrize('name', ['vdi_block_repeat_bomb',
+                                  'vmdk_gt_repeat_bomb',
+                                  'vhd_bat_repeat_bomb',
                                   'vhdx_bat_repeat_bomb', 'vhdx_sparse'])
 def test_conversion_writes_what_was_counted(corpus, tmp_path, name):
     entry = images.ENTRIES[name]
