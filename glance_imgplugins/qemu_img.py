@@ -93,12 +93,19 @@ CONTENT_CHECKS: tuple[tuple[str, str], ...] = (
     (r'[Cc]orrupt', 'corrupt'),
 )
 # errno texts that, when qemu-img could not *open the source* with the
-# format it was told, mean the driver refused the bytes (a vhdx with a parent
-# gives only "Invalid argument").  ENOENT, EACCES, ENOMEM, EIO, ENOSPC stay
-# machinery: retrying can help.
+# format it was told, mean the driver refused the bytes (a vhdx with a
+# parent gives only "Operation not supported", or "Invalid argument").
 _CONTENT_ERRNOS = ('Invalid argument', 'Operation not supported',
                    'Not supported', 'Numerical result out of range',
                    'Value too large for defined data type', 'File too large')
+# ...and those that never do, whatever the sentence before them ("Could not
+# read qcow2 header: Input/output error" is a failing disk): retrying can
+# help.
+_MACHINERY_ERRNOS = ('No such file or directory', 'Permission denied',
+                     'Input/output error', 'Cannot allocate memory',
+                     'No space left on device', 'Disk quota exceeded',
+                     'Resource temporarily unavailable', 'Too many open files',
+                     'Read-only file system', 'Stale file handle')
 _CONTENT_RES = tuple((re.compile(p), c) for p, c in CONTENT_CHECKS)
 _OPEN_PREFIX = re.compile(r"^(?:[Cc]ould not open '[^']*': )+")
 _REPEATED_OPEN = re.compile(r"([Cc]ould not open '[^']*': )\1+")
@@ -176,6 +183,8 @@ def content_check(stderr: str, source: str) -> tuple[str, str] | None:
         if opened not in line:
             continue
         reason = _OPEN_PREFIX.sub('', line).strip()
+        if reason.endswith(_MACHINERY_ERRNOS):
+            return None
         for regex, check in _CONTENT_RES:
             if regex.search(reason):
                 return check, reason

@@ -211,6 +211,23 @@ def test_reduce_stderr_hides_every_path():
                    "open 'a file': No such file")
 
 
+@pytest.mark.parametrize('stderr,expected', [
+    ("Could not open 'img': Could not read qcow2 header: Input/output error",
+     None),
+    ("Could not open 'img': Could not open 'img': Permission denied", None),
+    ("Could not open 'img': Active L1 table too large",
+     ('l1_table', 'Active L1 table too large')),
+    ("Could not open 'img': Could not open 'img': Invalid argument",
+     ('header', 'Invalid argument')),
+    # About another file (the output): never the source's content.
+    ("Could not open 'the output': Invalid argument", None),
+    ("error while writing at byte 0: No space left on device", None),
+])
+def test_content_check_needs_the_source_and_a_content_reason(stderr,
+                                                             expected):
+    assert qemu_img.content_check(stderr, 'img') == expected
+
+
 def test_unknown_format_refused_before_running(tmp_path):
     with pytest.raises(exception.QemuImgError) as err:
         qemu_img.info(str(tmp_path / 'x'), 'ploop')
