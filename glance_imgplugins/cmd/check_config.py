@@ -37,7 +37,6 @@ import logging
 import os
 import subprocess
 import sys
-import traceback
 import warnings
 from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
@@ -270,7 +269,9 @@ class _Options:
 
 
 def _last_line(exc: BaseException) -> str:
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    # The exception's text: its class name only when it has none.
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else exc.__class__.__name__
 
 
 def _hint(name: str, known: Sequence[str]) -> str:
@@ -371,7 +372,7 @@ def _load(ep: metadata.EntryPoint) -> tuple[Any, str | None]:
         with _quiet():
             return ep.load(), None
     except Exception as exc:  # any import-time failure is what we report
-        return None, _last_line(exc)
+        return None, _import_failure(exc)
 
 
 def _unknown(kind: str, name: str, known: Sequence[str]) -> str:
@@ -395,7 +396,7 @@ def check_plugins(options: _Options, report: Report) -> None:
         obj, err = _load(ep)
         if err:
             report.errors.append(
-                'import plugin %r (%s) fails to import: %s; Glance would '
+                'import plugin %r (%s) fails to import (%s); Glance would '
                 'skip it' % (name, ep.value, err))
             continue
         module = sys.modules.get(getattr(obj, '__module__', '') or '')
@@ -471,16 +472,15 @@ def check_stores(options: _Options,
             continue
         cls, err = _load(ep)
         if err:
-            report.errors.append('store %r: driver %r (%s) cannot be loaded: '
-                                 '%s' % (store, driver, ep.value, err))
+            report.errors.append('store %r: driver %r (%s) cannot be loaded '
+                                 '(%s)' % (store, driver, ep.value, err))
             continue
         missing = _missing_modules(DRIVER_MODULES.get(driver, ()))
         if missing:
             report.errors.append(
-                'store %r: driver %r needs the Python module(s) %s, which '
-                'cannot be imported (%s); Glance would fail to configure it'
-                % (store, driver, ', '.join(m for m, _ in missing),
-                   '; '.join(dict.fromkeys(e for _, e in missing))))
+                'store %r: driver %r needs the Python module(s) %s; Glance '
+                'would fail to configure it' % (store, driver, ', '.join(
+                    '%s (%s)' % m for m in missing)))
             continue
         if store in RESERVED_STORES:
             continue  # Glance registers their options itself
@@ -528,8 +528,17 @@ def _missing_modules(names: Sequence[str]) -> list[tuple[str, str]]:
             with _quiet():
                 importlib.import_module(name)
         except Exception as exc:
-            missing.append((name, _last_line(exc)))
+            missing.append((name, _import_failure(exc, name)))
     return missing
+
+
+def _import_failure(exc: BaseException, wanted: str | None = None) -> str:
+    # The operator's words, not Python's exception class names.
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        if exc.name == wanted:
+            return 'not installed'
+        return 'module %s is not installed' % exc.name
+    return _last_line(exc)
 
 
 def _raw_value(raw: dict[str, dict[str, dict[str, list[str]]]],
@@ -600,9 +609,13 @@ def _python_problem(python: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 'cannot be run (%s)' % exc.__class__.__name__
     if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return 'is not a Python that can import oslo_concurrency (%s)' % (
-            lines[-1] if lines else 'exit status %d' % proc.returncode)
+        if 'Traceback' not in proc.stderr:
+            return 'is not a Python interpreter'
+        last = proc.stderr.strip().splitlines()[-1]
+        if last.startswith('ModuleNotFoundError'):
+            return 'is a Python without oslo_concurrency installed'
+        return 'is a Python that cannot import oslo_concurrency (%s)' % (
+            last.split(': ', 1)[-1])
     return None
 
 
