@@ -12,6 +12,12 @@ for layer in unit flow functional; do
     # 5: a layer with no tests yet is not a failure.
     if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
 done
+# Tempest's image API tests (Keystone, Glance, Ceph); not when pytest args
+# select tests, nor with SKIP_TEMPEST=1.
+if [ $# -eq 0 ] && [ -z "${SKIP_TEMPEST:-}" ]; then
+    echo "=== tempest"
+    tools/run-tempest.sh || status=$?
+fi
 # The docs build with warnings as errors, and the sample config matches
 # what genconfig writes (both take seconds).
 echo "=== docs"

@@ -58,12 +58,14 @@ ADMIN_TOKEN = TestUser('admin')    # admin of admin-project
 MEMBER_TOKEN = TestUser('alice')   # member of demo-project
 
 
-def real_token(token: str | None) -> str | None:
-    """A Keystone token for a test user's name; anything else unchanged."""
+def real_token(token: str | None, keystone: ks.Keystone | None = None
+               ) -> str | None:
+    """A token of ``keystone`` (default: the shared one) for a test user's
+    name; anything else (a raw token, ``None``) unchanged."""
     if token is None:
         return None
     if isinstance(token, TestUser) or token in ks.USERS:
-        return ks.shared().token(str.__str__(token))
+        return (keystone or ks.shared()).token(str.__str__(token))
     return token
 
 StoreSpec = tuple[str, Mapping[str, Any]]
@@ -306,7 +308,7 @@ class GlanceServer:
         ``token`` (a test user's name), no other ``OS_*`` variable."""
         env = self._base_env()
         env['OS_IMAGE_URL'] = self.url
-        resolved = real_token(token)
+        resolved = real_token(token, self.keystone)
         if resolved:
             env['OS_AUTH_TOKEN'] = resolved
         return env
@@ -491,7 +493,7 @@ class GlanceServer:
     def client(self, token: str = ADMIN_TOKEN) -> Any:
         from glanceclient import client as gclient
         return gclient.Client('2', endpoint=self.url,
-                              token=real_token(token))
+                              token=real_token(token, self.keystone))
 
     def request(self, method: str, path: str,
                 token: str | None = ADMIN_TOKEN, body: Any = None) -> Any:
@@ -499,7 +501,7 @@ class GlanceServer:
         ``urllib.error.HTTPError``."""
         data = None if body is None else json.dumps(body).encode()
         headers = {'Content-Type': 'application/json'}
-        resolved = real_token(token)
+        resolved = real_token(token, self.keystone)
         if resolved:
             headers['X-Auth-Token'] = resolved
         req = urllib.request.Request(self.url + path, data=data,
