@@ -224,7 +224,8 @@ def test_retry_after_a_limit_without_uploading_again(glance, tmp_path):
     image = glance.wait_for_import(image_id)
     message = glance.last_task_message(image_id)
     assert message == ('Image virtual size %d bytes exceeds the limit of %d '
-                       'bytes: refused' % (64 * MiB, LIMIT))
+                       'bytes ([format_conversion] max_virtual_size): not '
+                       'imported' % (64 * MiB, LIMIT))
     # Kept staged, image back to "staged" so glance-direct can run again.
     assert image['status'] == 'uploading'
     assert image['disk_format'] == 'qcow2'
