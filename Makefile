@@ -21,6 +21,7 @@ test: setup
 	tools/run-tests.sh
 
 pep8: setup
+	$(PY) tools/license-headers.py --check
 	$(VENV)/bin/ruff check glance_imgplugins tests benchmarks tools
 	$(VENV)/bin/mypy glance_imgplugins
 	$(VENV)/bin/mypy --strict glance_imgplugins/inspection.py glance_imgplugins/qemu_img.py glance_imgplugins/injection_rules.py glance_imgplugins/multistore glance_imgplugins/cmd/multistore.py
