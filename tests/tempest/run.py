@@ -13,11 +13,12 @@
 """Tempest's image API tests against a local Glance with our plugins.
 
 Starts a real Keystone, a real single-node Ceph, a PostgreSQL, a loopback
-web server for web-download and a Glance 33 (gunicorn, or uWSGI with ``--uwsgi``) with
-``image_introspection``, ``format_conversion`` and ``property_injection``
-and three stores (``ceph`` on ``rbd_sparse``, ``cheap`` and ``fast`` on
-files), writes ``tempest.conf`` and runs the tests named in ``TESTS`` with
-``tempest run``.  Exit status: Tempest's (0 only with no failure).
+web server for web-download and a Glance 33 (gunicorn, or uWSGI with
+``--uwsgi``) with ``image_introspection``, ``format_conversion`` and
+``property_injection`` and three stores (``ceph`` on ``rbd_sparse``,
+``cheap`` and ``fast`` on files), writes ``tempest.conf`` and runs the
+tests named in ``TESTS`` with ``tempest run``.  Exit status: Tempest's
+(0 only with no failure).
 
 Usage: python -m tests.tempest.run [--workdir DIR] [--uwsgi] [--keep]
 """
