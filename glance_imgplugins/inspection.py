@@ -216,6 +216,7 @@ class InspectionResult:
         return {
             'path': self.path,
             'format': self.format,
+            'disk_formats': sorted(self.disk_formats),
             'inspector': self.inspector_name,
             'virtual_size': self.virtual_size,
             'file_size': self.file_size,

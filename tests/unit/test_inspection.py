@@ -150,12 +150,15 @@ def test_summary_and_dict(corpus):
     data = result.to_dict()
     json.dumps(data)
     assert data['format'] == 'qcow2'
+    assert data['disk_formats'] == ['qcow2']
     assert data['safe'] is False
     assert data['failures'] == ['data_file']
     assert data['virtual_size'] == images.VIRTUAL_SIZE
     ok = inspection.inspect_file(str(corpus.path('vmdk_sparse_lsilogic')))
     assert ok.failure_summary() == ''
     assert ok.to_dict()['properties']['hw_scsi_model'] == 'lsilogic'
+    gpt = inspection.inspect_file(str(corpus.path('raw_gpt_blank')))
+    assert gpt.to_dict()['disk_formats'] == ['gpt', 'raw']
     assert ok.properties_in(['bus']) == {'hw_disk_bus': 'scsi',
                                           'hw_scsi_model': 'lsilogic'}
 
