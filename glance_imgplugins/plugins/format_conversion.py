@@ -708,7 +708,7 @@ class ConvertImage(base.PluginTask):
         downloaded = self.request.import_method in base.DOWNLOAD_METHODS
         kept = src is not None and os.path.exists(src)
         restore: dict[str, Any] = {}
-        if kept:
+        if kept and src:
             restore['size'] = os.stat(src).st_size
         if self._converted and (downloaded or not kept):
             # The download task's revert removes the staged data: the image
