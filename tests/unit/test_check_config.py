@@ -230,15 +230,17 @@ def test_rbd_sparse_store_without_rados_is_an_error(tmp_path):
     # (the driver module itself imports fine: it defers the failure).
     site = tmp_path / 'site'
     site.mkdir()
-    (site / 'rados.py').write_text(
-        "raise ImportError('librados.so.2: cannot open shared object file')\n")
+    for name in ('rados', 'rbd'):
+        (site / ('%s.py' % name)).write_text(
+            "raise ImportError('lib%s.so.1: cannot open shared object "
+            "file')\n" % name)
     etc = rbd_conf(tmp_path / 'etc')
     proc = run('--config-dir', str(etc), extra_path=site)
     assert proc.returncode == 1
     assert lines(proc, 'ERROR') == [
         "ERROR  store 'ceph': driver 'rbd_sparse' needs the Python module(s) "
-        "rados (librados.so.2: cannot open shared object file), rbd "
-        "(librados.so.2: cannot open shared object file); Glance would fail "
+        "rados (librados.so.1: cannot open shared object file), rbd "
+        "(librbd.so.1: cannot open shared object file); Glance would fail "
         "to configure it"]
 
 
