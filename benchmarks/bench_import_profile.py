@@ -76,17 +76,18 @@ SETUPS: dict[str, dict[str, Any]] = {
              'import_conf': None},
 }
 
-# (activity, test on the stack text, test on the sampled line's source);
-# the first match wins.
-ACTIVITIES: list[tuple[str, str | None, str | None]] = [
-    ('hashing (md5, sha512)', None, r'\bupdate\(|hexdigest'),
-    ('format inspection (Glance)', r'format_inspector', None),
-    ('upload into staging', r'(stage|upload) \([^)]*image_data\.py', None),
-    ('RBD writes', None, r'aio_write|image\.write|wait_for_complete'),
-    ('zero detection', None, r'any\(|startswith|\.count\('),
-    ('reading the staged file', None, r'\.read\(|_read_full'),
+# (activity, test on the whole stack, on the sampled frame, on the sampled
+# line's source); the first match wins.
+ACTIVITIES: list[tuple[str, str | None, str | None, str | None]] = [
+    ('hashing (md5, sha512)', None, None, r'\bupdate\(|hexdigest'),
+    ('format inspection (Glance)', None, r'format_inspector\.py', None),
+    ('upload into staging', r'(stage|upload) \([^)]*image_data\.py', None,
+     None),
+    ('RBD writes', None, None, r'aio_write|image\.write|wait_for_complete'),
+    ('zero detection', None, None, r'any\(|startswith|\.count\('),
+    ('reading the staged file', None, None, r'\.read\(|_read_full'),
     ('conversion (waiting for qemu-img)',
-     r'qemu_img|image_conversion|processutils|communicate', None),
+     r'qemu_img|image_conversion|processutils|communicate', None, None),
 ]
 OTHER = 'other (Glance, taskflow, database)'
 # py-spy --nonblocking cannot always tell a blocked thread from a running
@@ -110,10 +111,10 @@ def classify(stack: str) -> str:
     if re.search(WAIT_LEAF, leaf) and not re.search(
             r'qemu_img|processutils|communicate', stack):
         return WAITING
-    for name, stack_re, line_re in ACTIVITIES:
-        if stack_re and re.search(stack_re, stack):
-            return name
-        if line_re and re.search(line_re, line):
+    for name, stack_re, leaf_re, line_re in ACTIVITIES:
+        if ((stack_re and re.search(stack_re, stack))
+                or (leaf_re and re.search(leaf_re, leaf))
+                or (line_re and re.search(line_re, line))):
             return name
     return OTHER
 
@@ -215,6 +216,19 @@ def draw(results: dict[str, dict[str, Any]], floor: float, path: str,
     fig.savefig(path, dpi=110)
 
 
+def redraw(path: str, png: str) -> int:
+    with open(path) as f:
+        saved = json.load(f)
+    results = saved['results']
+    for name, r in results.items():
+        profile = os.path.join(saved.get('workdir', ''), '%s.pyspy' % name)
+        if os.path.exists(profile):
+            r['activities'] = read_profile(profile)
+    draw(results, saved['floor'], png, saved['title'])
+    print('picture: %s' % os.path.relpath(png))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--virtual-mib', type=int, default=4096)
@@ -223,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         HERE, '..', 'doc', 'source', 'images', 'import-profile.png'))
     parser.add_argument('--workdir')
     parser.add_argument('--json')
+    parser.add_argument('--redraw', metavar='JSON',
+                        help='draw again from a --json of an earlier run, '
+                             're-reading its py-spy files when its '
+                             '--workdir was kept')
     args = parser.parse_args(argv)
+    if args.redraw:
+        return redraw(args.redraw, args.png)
     workdir = args.workdir or tempfile.mkdtemp(prefix='bench-profile-')
     os.makedirs(workdir, exist_ok=True)
     size = args.virtual_mib * MiB
@@ -279,15 +299,16 @@ def main(argv: list[str] | None = None) -> int:
           % (ours['total'] / floor, ours['import'] / floor))
     print('load average (1 min) at start and after each import: %s'
           % ', '.join('%.1f' % v for v in load))
-    draw(results, floor, args.png,
-         '%d MiB-virtual qcow2 with %d MiB data -> raw -> RBD; '
-         'upstream %.1f s, ours %.1f s, hashing floor %.1f s'
-         % (args.virtual_mib, data // MiB, up['total'], ours['total'],
-            floor))
+    title = ('%d MiB-virtual qcow2 with %d MiB data -> raw -> RBD; '
+             'upstream %.1f s, ours %.1f s, hashing floor %.1f s'
+             % (args.virtual_mib, data // MiB, up['total'], ours['total'],
+                floor))
+    draw(results, floor, args.png, title)
     print('picture: %s' % os.path.relpath(args.png))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'machine': machine(), 'floor': floor, 'load': load,
+                       'title': title, 'workdir': args.workdir or '',
                        'results': results}, f, indent=2)
     return 0
 
