@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import html.parser
+import http
 import json
 import re
 import uuid
@@ -104,7 +105,15 @@ def error_reason(body: bytes | str | None, content_type: str = '') -> str:
         reason = text
     reason = ' '.join(reason.split())
     # webob pages repeat the status line first: "404 Not Found No image..."
-    reason = re.sub(r'^\d{3} [A-Za-z ]+? (?=[A-Z])', '', reason)
+    match = re.match(r'^(\d{3}) ', reason)
+    if match:
+        try:
+            phrase = http.HTTPStatus(int(match.group(1))).phrase
+        except ValueError:
+            phrase = ''
+        line = '%s %s' % (match.group(1), phrase)
+        if phrase and reason.startswith(line) and reason != line:
+            reason = reason[len(line):].strip()
     if len(reason) > _MAX_REASON:
         reason = reason[:_MAX_REASON - 3].rstrip() + '...'
     return reason
