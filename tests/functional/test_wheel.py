@@ -166,3 +166,27 @@ def test_check_config_in_the_installed_venv(venv: Path,
         "ERROR  store 'ceph': driver 'rbd_sparse' needs the Python module(s) "
         "rados (not installed), rbd (not installed); Glance would fail to "
         "configure it"]
+
+
+def test_server_install_without_the_cli_extra(
+        wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Glance's environment gets no client libraries it does not already
+    need; the CLI commands that need them name the extra instead of
+    printing a traceback, and check-config still works."""
+    path = tmp_path_factory.mktemp('server') / 'v'
+    base = getattr(sys, '_base_executable', sys.executable)
+    _ok(_run(base, '-m', 'venv', path))
+    _ok(_run(path / 'bin' / 'pip', 'install', '-q', wheel, GLANCE,
+             timeout=900))
+    _ok(_run(path / 'bin' / 'pip', 'check'))
+    assert _run(path / 'bin' / 'python', '-c', 'import osc_lib'
+                ).returncode != 0
+    proc = _run(path / 'bin' / 'glance-imgplugins', 'import', ROOT / 'LICENSE',
+                '--name', 'x')
+    assert proc.returncode != 0
+    assert "pip install 'glance-imgplugins[cli]'" in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    proc = _run(path / 'bin' / 'glance-imgplugins', 'check-config',
+                '--config-dir', path / 'nowhere')
+    assert proc.returncode == 2
+    assert 'no configuration files found' in proc.stderr
