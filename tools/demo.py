@@ -1,21 +1,29 @@
 """The main job: a real local Glance 33 with glance-imgplugins enabled.
 
-Starts Glance (gunicorn, sqlite, two file stores) with our import plugins,
-checks the configuration with ``glance-imgplugins check-config``, imports
-sample images made by qemu-img with ``glance image-create-via-import`` into
-both stores, shows what our plugins did, and stops Glance.
+Starts a real Keystone (fernet tokens, gunicorn) and Glance (gunicorn,
+sqlite, two file stores, keystonemiddleware) with our import plugins,
+checks the configuration with ``glance-imgplugins check-config``, logs in
+with a password as a member of ``demo-project``, imports sample images made
+by qemu-img with ``glance image-create-via-import`` into both stores, shows
+what our plugins did, and stops the services.  It writes an ``openrc`` and
+a ``clouds.yaml`` and prints them.
 
 Usage: .venv/bin/python tools/demo.py [--workdir DIR] [--keep] [--ceph]
 
 With --ceph, a real single-node Ceph joins as a third store driven by our
 rbd_sparse driver, and the demo shows how little of it the images occupy.
+With DEMO_KEEP=1 (``DEMO_KEEP=1 make demo``) Keystone and Glance stay up
+until Ctrl-C, for ``glance`` and ``openstack`` commands of your own.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,8 +34,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support import keystone as ks  # noqa: E402
 from tests.support.glance_server import (  # noqa: E402
-    ADMIN_TOKEN, BIN_DIR, MEMBER_TOKEN, GlanceServer, parse_table)
+    ADMIN_TOKEN, BIN_DIR, GlanceServer, parse_table)
+
+# The demo user: a member of demo-project (tests/support/keystone.py).
+USER = 'alice'
 
 MiB = 1024 * 1024
 PLUGINS = ['image_introspection', 'format_conversion', 'property_injection']
@@ -106,16 +118,75 @@ def main() -> int:
                         help='add a real single-node Ceph as a third store, '
                              'driven by rbd_sparse')
     args = parser.parse_args()
+    keep_running = os.environ.get('DEMO_KEEP', '') not in ('', '0')
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='imgplugins-'))
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         failures = run_demo(workdir, stack, args.ceph)
+        if keep_running:
+            wait_for_ctrl_c(workdir)
     if not args.keep and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    print('\n== Glance stopped. %s' % ('All as expected.' if not failures
-                                      else '%d unexpected result(s).'
-                                      % failures))
+    print('\n== Keystone and Glance stopped. %s' % (
+        'All as expected.' if not failures
+        else '%d unexpected result(s).' % failures))
     return 1 if failures else 0
+
+
+def wait_for_ctrl_c(workdir: Path) -> None:
+    print('\n== DEMO_KEEP: Keystone and Glance keep running; in another '
+          'shell:\n'
+          '    source %s/openrc && glance image-list\n'
+          '    OS_CLIENT_CONFIG_FILE=%s/clouds.yaml %s/openstack --os-cloud '
+          '%s image list\n'
+          '   (clouds: one per test user, e.g. admin, alice, bob, dave)\n'
+          '== Ctrl-C stops them.' % (workdir, workdir, BIN_DIR, USER),
+          flush=True)
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Started in the background SIGINT may be ignored: say what stops us.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print()
+
+
+def login(keystone: ks.Keystone, glance: GlanceServer, workdir: Path
+          ) -> dict[str, str]:
+    """A password login, as a user would: openrc, clouds.yaml, a token."""
+    env = keystone.password_env(USER, glance.region)
+    openrc = workdir / 'openrc'
+    openrc.write_text(''.join('export %s=%s\n' % (k, shlex.quote(v))
+                              for k, v in sorted(env.items())))
+    clouds = keystone.clouds_yaml(workdir / 'clouds.yaml', glance.region)
+    print('\n== openrc (%s)' % openrc)
+    print(openrc.read_text().rstrip())
+    print('\n== clouds.yaml (%s), cloud %r of %d' % (
+        clouds, USER, len(ks.USERS)))
+    shown, inside = ['clouds:'], False
+    for line in clouds.read_text().splitlines()[1:]:
+        if not line.startswith('   '):  # a cloud's name
+            inside = line.strip() == USER + ':'
+        if inside:
+            shown.append(line)
+    print('\n'.join(shown))
+    print('\n== openstack --os-cloud %s token issue' % USER)
+    cloud_env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(clouds),
+                     OS_CLOUD=USER)
+    subprocess.run([str(BIN_DIR / 'openstack'), 'token', 'issue', '-c',
+                    'project_id', '-c', 'user_id', '-c', 'expires'],
+                   env=cloud_env, check=True)
+    sess = keystone.session(USER)
+    access = sess.auth.get_access(sess)
+    print('  Keystone issued a fernet token to %s (%s) in %s with roles %s'
+          % (USER, access.user_id, access.project_id,
+             ', '.join(sorted(access.role_names))))
+    full = glance.password_env(USER)
+    return full
 
 
 def start_ceph(workdir: Path, stack: contextlib.ExitStack) -> Any:
@@ -137,8 +208,16 @@ def run_demo(workdir: Path, stack: contextlib.ExitStack,
         stores['ceph'] = ('rbd_sparse',
                           cluster.store_options(cluster.create_pool('images')))
     store_list = ','.join(stores)
+    print('== starting Keystone 30 (sqlite, fernet, keystone-manage '
+          'bootstrap, gunicorn)')
+    keystone = ks.Keystone(workdir / 'keystone')
+    stack.callback(keystone.stop)
+    keystone.start()
+    print('   %s: projects %s; users %s' % (
+        keystone.auth_url, ', '.join(ks.PROJECTS), ', '.join(ks.USERS)))
     glance = GlanceServer(
         workdir / 'glance', plugins=PLUGINS, stores=stores,
+        keystone=keystone, region='RegionOne',
         import_conf={'property_injection': {'rules_file': str(rules)},
                      'format_conversion': {'output_format': 'raw'}})
     glance.write_config()
@@ -154,8 +233,9 @@ def run_demo(workdir: Path, stack: contextlib.ExitStack,
         subprocess.run([str(BIN_DIR / 'glance-imgplugins'), 'inspect',
                         str(workdir / name)], stderr=subprocess.DEVNULL)
     stack.enter_context(glance)
-    print('\n== Glance 33 is running at %s with image_import_plugins = %s'
-          % (glance.url, PLUGINS))
+    print('\n== Glance 33 is running at %s (paste flavor keystone) with '
+          'image_import_plugins = %s' % (glance.url, PLUGINS))
+    user_env = login(keystone, glance, workdir)
     for name, (path, disk_format) in images.items():
         print('\n== glance image-create-via-import --name %s '
               '--disk-format %s --stores %s --file %s'
@@ -165,7 +245,7 @@ def run_demo(workdir: Path, stack: contextlib.ExitStack,
                             '--disk-format', disk_format,
                             '--container-format', 'bare',
                             '--stores', store_list, '--file', str(path),
-                            token=MEMBER_TOKEN)
+                            env=user_env)
         image_id = parse_table(out.stdout)['id']
         image = glance.wait_for_import(image_id, token=ADMIN_TOKEN)
         print('  image %s, %.1f s' % (image_id, time.monotonic() - started))
@@ -180,12 +260,12 @@ def run_demo(workdir: Path, stack: contextlib.ExitStack,
         [str(BIN_DIR / 'glance-imgplugins'), 'import',
          str(workdir / 'sample.qcow2'), '--name', 'via-cli',
          '--disk-format', 'qcow2', '--all-stores'],
-        env=glance.env(MEMBER_TOKEN), stderr=subprocess.STDOUT)
+        env=user_env, stderr=subprocess.STDOUT)
     if cli.returncode != 0:
         failures += 1
         print('  !! glance-imgplugins import exited %d' % cli.returncode)
-    print('\n== glance image-list')
-    print(glance.glance('image-list').stdout)
+    print('\n== glance image-list   (as %s, password login)' % USER)
+    print(glance.glance('image-list', env=user_env).stdout)
     print('== what the stores hold (size / allocated)')
     for name in ('fast', 'cheap'):
         for path in sorted(glance.store_dir(name).iterdir()):
