@@ -84,10 +84,6 @@ class Retryable(ImportFailure):
 
 # --- content refused --------------------------------------------------------
 
-#: Kept for code written against the first release.
-ImageRejected = ContentRefused
-
-
 class UnsafeImage(ContentRefused):
     msg_fmt = "%(format)s image failed safety check %(checks)s: refused"
 
@@ -142,8 +138,8 @@ class VirtualSizeTooLarge(LimitExceeded):
 
 class ConvertedSizeTooLarge(LimitExceeded):
     msg_fmt = ("The converted image would hold at least %(needed)d bytes of "
-               "data, more than the limit of %(limit)d bytes (%(option)s): not "
-               "imported")
+               "data, more than the limit of %(limit)d bytes (%(option)s): "
+               "not imported")
 
 
 class DecompressedSizeTooLarge(LimitExceeded):
@@ -211,11 +207,7 @@ class StagingSpaceLow(ConversionFailed):
                "under the reserve of %(reserve)d bytes (%(option)s)")
 
 
-class StoreError(GlanceImgPluginsError):
-    msg_fmt = "Store %(store)s: %(reason)s"
-
-
-# --- offline inspection input -------------------------------------------------
+# --- offline inspection input ---------------------------------------------
 
 class InspectionInputError(GlanceImgPluginsError):
     """The file given to inspection cannot be inspected as an image."""

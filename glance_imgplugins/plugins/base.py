@@ -156,14 +156,6 @@ class PluginSpec:
         return self.describer(conf)
 
 
-def check_options(conf: cfg.ConfigOpts, group: str,
-                  opts: Sequence[cfg.Opt],
-                  load_settings: Callable[[cfg.ConfigOpts], Any]
-                  ) -> list[str]:
-    """A plugin's ``check_config`` for code that has no spec at hand."""
-    return PluginSpec('', group, opts, load_settings).problems(conf)
-
-
 # --- what Glance passes to get_flow() ----------------------------------------
 
 @dataclasses.dataclass(frozen=True)

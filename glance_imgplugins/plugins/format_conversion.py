@@ -390,11 +390,9 @@ def refuse_unsafe(result: inspection.InspectionResult,
 
 
 def detected_as(result: inspection.InspectionResult, declared: str) -> bool:
-    """Whether the content is what the user declared."""
-    if declared == 'gpt':
-        # A raw disk with a GPT: the inspector must have found the GPT.
-        return result.inspector_name == 'gpt'
-    return result.format == declared
+    """Whether the content is what the user declared (``gpt``: a raw disk
+    whose GPT is valid)."""
+    return result.accepts_declared(declared)
 
 
 def refuse_mismatch(result: inspection.InspectionResult,
@@ -407,7 +405,7 @@ def refuse_mismatch(result: inspection.InspectionResult,
                                         container=container)
     detected = result.format
     if declared == 'gpt' and detected == 'raw':
-        detected = 'raw without a GPT'
+        detected = 'raw without a valid GPT'
     raise exception.FormatMismatch(declared=declared, detected=detected)
 
 

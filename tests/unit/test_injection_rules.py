@@ -435,7 +435,7 @@ class TestPrecedence:
         assert str(info.value) == (
             'Property hw_firmware_type, owner may not be set by users here '
             '(property injection rule no-firmware, no-owner): refused')
-        assert isinstance(info.value, exception.ImageRejected)
+        assert isinstance(info.value, exception.PropertiesRefused)
         # Per-rule ignore role: only the other rule still forbids.
         with pytest.raises(exception.ForbiddenPropertyByRule,
                            match='Property hw_firmware_type may not'):
