@@ -23,12 +23,14 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from glance_imgplugins.plugins import base
+from glance_imgplugins.plugins import decompression
 from glance_imgplugins.plugins import format_conversion
 from glance_imgplugins.plugins import image_introspection
 from glance_imgplugins.plugins import property_injection
 
 #: The plugins' specs, in the order the sample file shows them.
 PLUGIN_SPECS: tuple[base.PluginSpec, ...] = (
+    decompression.SPEC,
     image_introspection.SPEC,
     format_conversion.SPEC,
     property_injection.SPEC,
