@@ -74,6 +74,9 @@ DEFAULT_MEMORY_LIMIT = 256 << 20
 #: Tar headers, long names, pax records and sparse maps of one member may
 #: take this many decompressed bytes: tarfile holds them in memory.
 TAR_METADATA_LIMIT = 8 << 20
+#: A zip may hold folder entries besides its file, up to these.
+ZIP_MAX_ENTRIES = 64
+ZIP_MAX_DIRECTORY = 1 << 20
 #: Decompressed prefix ``inspect_prefix`` reads by default.
 DEFAULT_PREFIX = 64 << 20
 
@@ -563,14 +566,17 @@ class _TarMember:
                        'the tar data is truncated or corrupt')
 
     def _next_file(self, first: bool) -> tarfile.TarInfo | None:
+        # One budget for all the headers up to the next file, folder
+        # entries included (tarfile keeps every member it saw).
+        self.stream.limit = self.stream.count + TAR_METADATA_LIMIT
         while True:
-            self.stream.limit = self.stream.count + TAR_METADATA_LIMIT
             info = self.tar.next()
-            self.stream.limit = None
             if info is None:
+                self.stream.limit = None
                 return None
             if info.isdir():
                 continue  # a folder entry holds no data
+            self.stream.limit = None
             for test, kind in _TAR_KINDS:
                 if getattr(info, test)():
                     raise _refuse(self.container, 'the tar archive holds %s '
@@ -612,6 +618,19 @@ class _TarMember:
                               'of the tar archive')
 
 
+def _zip_entries(fobj: BinaryIO, size: int) -> tuple[int, int] | None:
+    """(entries, central directory bytes) from the end of central
+    directory record, or None when there is none (zipfile says why)."""
+    tail_len = min(size, 0xFFFF + 22)
+    fobj.seek(size - tail_len)
+    tail = fobj.read(tail_len)
+    pos = tail.rfind(b'PK\x05\x06')
+    if pos < 0 or len(tail) - pos < 22:
+        return None
+    fields = struct.unpack('<4s4H2LH', tail[pos:pos + 22])
+    return int(fields[4]), int(fields[5])
+
+
 class _ZipMember:
     """The one file of a zip, read from its local header with our own
     bounded decoders (zipfile's bzip2 reader is not output-bounded)."""
@@ -619,6 +638,12 @@ class _ZipMember:
     def __init__(self, fobj: BinaryIO, size: int,
                  memory_limit: int) -> None:
         self.container = 'zip'
+        entries = _zip_entries(fobj, size)
+        if entries is not None and (entries[0] > ZIP_MAX_ENTRIES or
+                                    entries[1] > ZIP_MAX_DIRECTORY):
+            # zipfile would build an object per entry: refused before.
+            raise _refuse('zip', 'the zip archive holds %d entries (only one '
+                          'file is accepted)' % entries[0])
         try:
             archive = zipfile.ZipFile(fobj)
             infos = [i for i in archive.infolist() if not i.is_dir()]

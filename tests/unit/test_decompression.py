@@ -271,6 +271,30 @@ def test_zip_with_several_members(disks, work):
                         '(only one is accepted)')
 
 
+def test_zip_with_many_entries_refused_before_listing(work):
+    folder = work / 'many'
+    folder.mkdir(exist_ok=True)
+    for i in range(70):
+        (folder / ('f%02d' % i)).write_bytes(b'x')
+    exc = refused(archives.zip_(work / 'many.zip', folder,
+                                *sorted(p.name for p in folder.iterdir())))
+    assert str(exc) == ('zip archive refused: the zip archive holds 70 '
+                        'entries (only one file is accepted)')
+
+
+def test_tar_header_flood(work):
+    """Folder entries cost tarfile memory: all the headers before the
+    file share one budget."""
+    folder = work / 'flood'
+    if not folder.exists():
+        for i in range(20000):
+            (folder / ('d%05d' % i)).mkdir(parents=True)
+    exc = refused(archives.tar(work / 'flood.tar.gz', folder, '.',
+                               options=('-z',)))
+    assert str(exc) == ('tar+gzip archive refused: its tar headers exceed 8 '
+                        'MiB')
+
+
 def test_encrypted_zip(disks, work):
     exc = refused(archives.zip_(work / 'secret.zip', work,
                                 disks['qcow2'][0].name,
