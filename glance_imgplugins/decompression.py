@@ -41,10 +41,12 @@ import bz2
 import dataclasses
 import lzma
 import os
+import queue
 import stat
 import struct
 import tarfile
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +67,8 @@ CONTAINERS: tuple[str, ...] = COMPRESSORS + ARCHIVES + tuple(
 #: Bytes read from the compressed file per call and produced per call.
 READ_SIZE = 1 << 20
 CHUNK_SIZE = 1 << 20
+#: Pieces the writer thread may be behind the decoder.
+WRITE_QUEUE = 4
 #: Zero runs shorter than this inside data are written as data; the edges of
 #: every data run are trimmed at page precision.
 HOLE_BLOCK = 64 * 1024
@@ -421,11 +425,14 @@ class _SparseWriter:
     bounds before anything past them is written.
 
     Input is regrouped into CHUNK_SIZE pieces at CHUNK_SIZE offsets, so
-    holes fall on page boundaries whatever sizes the decoders return.
+    holes fall on page boundaries whatever sizes the decoders return.  With
+    ``threaded`` the pieces are written by a thread of its own, at most
+    WRITE_QUEUE behind: decoding (which releases the GIL) and writing
+    overlap.
     """
 
-    def __init__(self, fd: int, bounds: Sequence[Bound],
-                 container: str) -> None:
+    def __init__(self, fd: int, bounds: Sequence[Bound], container: str,
+                 threaded: bool = False) -> None:
         self.fd = fd
         #: Bytes taken in (the output's size once finished).
         self.size = 0
@@ -437,6 +444,14 @@ class _SparseWriter:
                               key=lambda b: b.limit)
         self.data = sorted((b for b in bounds if b.data_only),
                            key=lambda b: b.limit)
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._queue = queue.Queue(maxsize=WRITE_QUEUE)
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name='decompression-writer')
+            self._thread.start()
 
     def _refuse(self, bound: Bound) -> exception.DecompressedSizeTooLarge:
         return exception.DecompressedSizeTooLarge(
@@ -448,13 +463,34 @@ class _SparseWriter:
             raise self._refuse(self.logical[0])
         self.size += n
         if not self._pending and n == CHUNK_SIZE:
-            self._process(buf)
+            self._submit(buf)
             return
         self._pending += buf
         while len(self._pending) >= CHUNK_SIZE:
             piece = bytes(self._pending[:CHUNK_SIZE])
             del self._pending[:CHUNK_SIZE]
+            self._submit(piece)
+
+    def _submit(self, piece: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._queue is None:
             self._process(piece)
+        else:
+            self._queue.put(piece)
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            piece = self._queue.get()
+            if piece is None:
+                return
+            if self._error is not None:
+                continue  # drain: the main thread raises it
+            try:
+                self._process(piece)
+            except BaseException as exc:  # noqa: B036 - handed over
+                self._error = exc
 
     def _process(self, buf: bytes) -> None:
         start = self._offset
@@ -468,10 +504,20 @@ class _SparseWriter:
             _pwrite_all(self.fd, view[a:b], start + a)
             self.data_bytes += b - a
 
+    def close(self) -> None:
+        """Stop the writer thread (idempotent); raise what it hit."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
     def finish(self) -> None:
         if self._pending:
-            self._process(bytes(self._pending))
+            self._submit(bytes(self._pending))
             self._pending.clear()
+        self.close()
         # A trailing hole becomes part of the file's length.
         os.ftruncate(self.fd, self.size)
 
@@ -801,8 +847,8 @@ def decompress(src: str, dest: str, bounds: Iterable[Bound] = (),
             return None
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
                      os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        writer = _SparseWriter(fd, bounds, opened.container, threaded=True)
         try:
-            writer = _SparseWriter(fd, bounds, opened.container)
             while True:
                 data = opened.reader.read(CHUNK_SIZE)
                 if not data:
@@ -812,6 +858,10 @@ def decompress(src: str, dest: str, bounds: Iterable[Bound] = (),
                     progress(opened.position(), size)
             writer.finish()
         except BaseException:
+            try:
+                writer.close()
+            except BaseException:  # noqa: B036 - already raised, or lesser
+                pass
             os.close(fd)
             try:
                 os.remove(dest)
