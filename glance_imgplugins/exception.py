@@ -121,6 +121,38 @@ class ArchiveRefused(ContentRefused):
     msg_fmt = "%(container)s archive refused: %(reason)s"
 
 
+class SignatureRefused(ContentRefused):
+    """A signed image whose signature cannot be verified as Glance would
+    (``img_signature*`` properties): the same bytes can only fail again."""
+
+    msg_fmt = "Image signature verification failed: %(reason)s: refused"
+
+
+class SignatureMismatch(SignatureRefused):
+    msg_fmt = ("Image signature verification failed: the signature does not "
+               "match the image data (certificate %(certificate)s): refused")
+
+
+class SignatureCertificateRefused(SignatureRefused):
+    msg_fmt = ("Image signature verification failed: certificate "
+               "%(certificate)s %(reason)s: refused")
+
+
+class SignatureAlgorithmUnsupported(SignatureRefused):
+    msg_fmt = ("Image signature verification failed: %(property)s %(value)s "
+               "is not supported (supported: %(supported)s): refused")
+
+
+class SignedImageNeedsConversion(ContentRefused):
+    """The operator refuses to convert signed images (Nova verifies
+    signatures over the stored bytes, which must be what was signed)."""
+
+    msg_fmt = ("Image is signed and would have to be converted from "
+               "%(declared)s to %(target)s, which changes the bytes that "
+               "were signed: refused (upload the image as %(target)s and "
+               "sign that)")
+
+
 # --- retryable: limits the operator can raise -------------------------------
 
 class LimitExceeded(Retryable):
@@ -186,6 +218,15 @@ class ForbiddenProperty(PropertiesRefused):
 class ForbiddenPropertyByRule(ForbiddenProperty):
     msg_fmt = ("Property %(key)s may not be set by users here "
                "(property injection rule %(rule)s): refused")
+
+
+class KeyManagerUnavailable(Retryable):
+    """The key manager holding the signing certificate did not answer; the
+    staged data is kept so the same import can be retried."""
+
+    msg_fmt = ("Import failed: the key manager could not be reached to "
+               "verify the image signature (certificate %(certificate)s); "
+               "try the import again later")
 
 
 # --- retryable: the machinery -----------------------------------------------

@@ -24,6 +24,10 @@ message):
    disk with a GPT; a bootable ISO whose other match is only a partition
    table is an ISO; compressed data is named as such);
 4. an ISO declared as ISO is left untouched when ``preserve_iso``;
+   a signed image (the four ``img_signature*`` properties) that would be
+   converted is verified over the staged original (``signed_images =
+   verify``, :mod:`glance_imgplugins.signature`) or refused (``refuse``)
+   here, before any qemu-img call;
 5. ``qemu-img info -f <format>`` (under limits) agrees on the format and
    sees no backing file or data-file; what it reports about the content is
    a named refusal;
@@ -41,7 +45,9 @@ message):
 11. the output replaces the staged original under the image's own staging
     name, so Glance's own delete and housekeeping remove it; disk_format,
     virtual_size and size are set and the original format is kept in the
-    ``img_original_disk_format`` property.
+    ``img_original_disk_format`` property; a verified signature moves to
+    ``img_original_signature*`` with ``img_original_sha256``, so Glance
+    does not verify the converted bytes against it.
 
 Where the staging filesystem supports it, qemu-img writes into an unnamed
 file (``O_TMPFILE``) that only gets a name once it is complete: a killed API
@@ -71,6 +77,7 @@ from taskflow.patterns import linear_flow as lf
 from glance_imgplugins import exception
 from glance_imgplugins import inspection
 from glance_imgplugins import qemu_img
+from glance_imgplugins import signature
 from glance_imgplugins.plugins import base
 
 LOG = logging.getLogger(__name__)
@@ -82,6 +89,7 @@ PLUGIN = 'format_conversion'
 ORIGINAL_FORMAT_PROPERTY = 'img_original_disk_format'
 
 OUTPUT_FORMATS = ('raw', 'qcow2')
+SIGNED_IMAGE_MODES = ('verify', 'refuse')
 INPUT_FORMATS = ('raw', 'gpt', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'vdi', 'iso')
 #: Suffixes of the outputs this plugin ever wrote next to a staged image.
 OUTPUT_SUFFIXES = tuple('.' + f for f in OUTPUT_FORMATS)
@@ -270,6 +278,33 @@ Related options:
     * max_virtual_size
     * staging_reserve
 """),
+    cfg.StrOpt('signed_images',
+               default='verify',
+               choices=SIGNED_IMAGE_MODES,
+               help="""
+What to do with a signed image (``img_signature``,
+``img_signature_hash_method``, ``img_signature_key_type`` and
+``img_signature_certificate_uuid`` all set) that would be converted.
+
+Glance verifies a signature over the bytes it stores, which after a
+conversion are no longer the bytes that were signed.  Signed images that
+need no conversion are never touched: Glance verifies them as usual.
+
+Possible values:
+    * verify: verify the signature over the staged original before
+      converting, exactly as Glance would (certificate from the key
+      manager, with the importing user's token); then move the four
+      properties to ``img_original_signature*`` with
+      ``img_original_sha256`` (default)
+    * refuse: refuse the image, telling the user to upload it signed in
+      ``output_format`` (for clouds where Nova verifies signatures when
+      booting, ``[glance] verify_glance_signatures``)
+
+Related options:
+    * output_format
+    * [key_manager] backend
+    * [barbican] auth_endpoint, barbican_endpoint
+"""),
 ]
 
 
@@ -286,6 +321,7 @@ class Settings:
     progress_interval: float
     vmdk_allowed_types: tuple[str, ...]
     gpt_nonfatal: frozenset[str]
+    signed_images: str = 'verify'
 
 
 def _glance_image_format(conf: cfg.ConfigOpts) -> tuple[tuple[str, ...],
@@ -349,11 +385,48 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
         progress_interval=group.progress_interval,
         vmdk_allowed_types=vmdk_allowed,
         gpt_nonfatal=gpt_nonfatal,
+        signed_images=group.signed_images,
     )
 
 
-SPEC = base.PluginSpec(name=PLUGIN, group=GROUP, opts=conversion_opts,
-                       loader=load_settings)
+def _verifies_explicitly(conf: cfg.ConfigOpts) -> bool:
+    location = conf.get_location('signed_images', GROUP)
+    return (conf[GROUP].signed_images == 'verify' and location is not None
+            and location.location is not cfg.Locations.opt_default)
+
+
+class ConversionSpec(base.PluginSpec):
+    """The spec, plus the key manager check when signature handling is
+    turned on (``signed_images = verify`` set in the configuration; the
+    key manager options are castellan's, in Glance's own groups)."""
+
+    def check_config(self, conf: cfg.ConfigOpts) -> list[str]:
+        problems = super().check_config(conf)
+        if problems or not _verifies_explicitly(conf):
+            return problems
+        return signature.key_manager_problems(conf)
+
+
+def describe_signatures(conf: cfg.ConfigOpts) -> list[str]:
+    """check-config's line on signed images."""
+    mode = conf[GROUP].signed_images
+    if mode == 'refuse':
+        return ['signed images that need converting are refused '
+                '([%s] signed_images = refuse)' % GROUP]
+    problems = signature.key_manager_problems(conf)
+    if problems:
+        # Only the default is in effect: a cloud without a key manager
+        # has no signed images to verify, so this is not an error.
+        return ['signed images that need converting are verified first, '
+                'but the key manager is not configured (%s); set [%s] '
+                'signed_images explicitly to check it as an error'
+                % ('; '.join(problems), GROUP)]
+    return ['signed images that need converting are verified first with '
+            'the %s key manager' % conf.key_manager.backend]
+
+
+SPEC = ConversionSpec(name=PLUGIN, group=GROUP, opts=conversion_opts,
+                      loader=load_settings, describer=describe_signatures)
 SPEC.register(cfg.CONF)
 
 
@@ -364,6 +437,11 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 def check_config(conf: cfg.ConfigOpts) -> list[str]:
     """Problems with this plugin's configuration, for ``check-config``."""
     return SPEC.check_config(conf)
+
+
+def describe_config(conf: cfg.ConfigOpts) -> list[str]:
+    """Informational lines for ``check-config``."""
+    return SPEC.describe(conf)
 
 
 # --- the checks, as plain functions of an inspection result -----------------
@@ -538,6 +616,7 @@ class ConvertImage(base.PluginTask):
         # Set by run, read by revert (same process, one import).
         self._original_format: str | None = None
         self._converted = False
+        self._verified: signature.Verified | None = None
 
     # -- execute --------------------------------------------------------------
 
@@ -564,6 +643,11 @@ class ConvertImage(base.PluginTask):
             self._set_attributes(virtual_size=result.file_size)
             return file_path
 
+        target = settings.output_format
+        if not (declared == target or (declared == 'gpt' and
+                                       target == 'raw')):
+            self._check_signature(src, image, declared, settings)
+
         source_format = _qemu_source_format(declared)
         info = qemu_img.info(src, source_format, settings.info_limits,
                              name=image_id)
@@ -586,7 +670,6 @@ class ConvertImage(base.PluginTask):
             raise exception.VirtualSizeTooLarge(
                 virtual_size=virtual_size, limit=settings.max_virtual_size)
 
-        target = settings.output_format
         if declared == target or (declared == 'gpt' and target == 'raw'):
             LOG.info('%s: image %s is already %s: not converted', PLUGIN,
                      image_id, target)
@@ -670,12 +753,47 @@ class ConvertImage(base.PluginTask):
                                        size=size)
             action.set_image_extra_properties(
                 {ORIGINAL_FORMAT_PROPERTY: declared})
+            if self._verified is not None:
+                self._move_signature(action, self._verified)
         self._summary = 'converted from %s to %s: %d bytes, %d allocated' % (
             declared, target, size, out.allocated_size)
         return file_path
 
     def describe_result(self, result: Any) -> str:
         return getattr(self, '_summary', None) or 'left as it is'
+
+    # -- signed images --------------------------------------------------------
+
+    def _check_signature(self, src: str, image: base.ImageSnapshot,
+                         declared: str, settings: Settings) -> None:
+        """Verify (or refuse) a signed image that is about to be
+        converted; an unsigned one passes."""
+        sig = signature.signature_of(image.extra_properties)
+        if sig is None:
+            return
+        if settings.signed_images == 'refuse':
+            raise exception.SignedImageNeedsConversion(
+                declared=declared, target=settings.output_format)
+        verified = signature.verify_file(
+            src, sig, self.request.context, signature.key_manager(self.conf))
+        LOG.info('%s: image %s: signature verified over the %s original '
+                 '(certificate %s, sha256 %s)', PLUGIN, image.image_id,
+                 declared, sig.certificate_uuid, verified.sha256)
+        self._verified = verified
+
+    @staticmethod
+    def _move_signature(action: Any, verified: signature.Verified) -> None:
+        """Glance would verify the converted bytes against the original's
+        signature: keep it under ``img_original_*`` instead."""
+        action.set_image_extra_properties(verified.moved_properties())
+        for name in signature.PROPERTIES:
+            action.pop_extra_property(name)
+
+    @staticmethod
+    def _restore_signature(action: Any, verified: signature.Verified) -> None:
+        action.set_image_extra_properties(verified.signature.properties())
+        for name in verified.moved_properties():
+            action.pop_extra_property(name)
 
     def _set_attributes(self, **attrs: Any) -> None:
         with self.request.action_wrapper as action:
@@ -713,6 +831,9 @@ class ConvertImage(base.PluginTask):
             # goes back to what the user declared, for a new download.
             restore.update(self.restore_attributes(action, None))
             action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)
+            if self._verified is not None:
+                # The original comes back: so does its signature.
+                self._restore_signature(action, self._verified)
         # Else the converted data stays staged under its own disk_format
         # (the original format stays recorded): a glance-direct retry then
         # imports it without converting again.
