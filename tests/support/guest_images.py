@@ -1,0 +1,191 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Small guest disk images the guest-inspection tests build themselves.
+
+Each is a directory tree (os-release of a distribution, an ELF binary, the
+files that say qemu-guest-agent / cloud-init / zipl are installed) turned
+into a real filesystem with ``mke2fs -d`` (no mount, no appliance: a few
+milliseconds, where ``virt-make-fs`` boots the libguestfs appliance for
+~15 s), optionally inside a GPT disk with an EFI System Partition (vfat made
+by ``mkfs.vfat`` and filled by ``mcopy``).  Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import struct
+import subprocess
+from typing import Mapping
+
+MiB = 1 << 20
+
+# e_machine values of the ELF header (libguestfs reads the architecture of
+# the guest's binaries).
+EM_X86_64 = 62
+EM_S390 = 22
+EM_AARCH64 = 183
+
+
+def elf_header(machine: int, big_endian: bool) -> bytes:
+    """A 64-bit ELF executable header (and nothing else)."""
+    order = '>' if big_endian else '<'
+    ident = b'\x7fELF' + bytes([2, 2 if big_endian else 1, 1, 0]) + \
+        b'\0' * 8
+    rest = struct.pack(order + 'HHIQQQIHHHHHH', 2, machine, 1, 0x400000,
+                       64, 0, 0, 64, 56, 0, 64, 0, 0)
+    return ident + rest + b'\0' * 64
+
+
+OS_RELEASE = {
+    'debian12': ('debian', '12', 'Debian GNU/Linux 12 (bookworm)'),
+    'ubuntu2204': ('ubuntu', '22.04', 'Ubuntu 22.04.4 LTS'),
+    'fedora39': ('fedora', '39', 'Fedora Linux 39 (Server Edition)'),
+    'sles15': ('sles', '15.5', 'SUSE Linux Enterprise Server 15 SP5'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Guest:
+    """One test guest: what goes in, and the properties inspection must
+    derive from it (exactly)."""
+
+    name: str
+    release: str | None = 'debian12'
+    machine: int = EM_X86_64
+    big_endian: bool = False
+    agent: bool = False
+    cloud_init: bool = False
+    zipl: bool = False
+    esp_loader: bool = False
+    corrupt: bool = False
+    expected: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+GUESTS: dict[str, Guest] = {g.name: g for g in (
+    Guest('debian12', agent=True, cloud_init=True, expected={
+        'os_type': 'linux', 'os_distro': 'debian', 'os_version': '12',
+        'hw_architecture': 'x86_64', 'architecture': 'x86_64',
+        'hw_qemu_guest_agent': 'yes', 'img_cloud_init': 'yes'}),
+    Guest('ubuntu2204_uefi', release='ubuntu2204', cloud_init=True,
+          esp_loader=True, expected={
+              'os_type': 'linux', 'os_distro': 'ubuntu',
+              'os_version': '22.04', 'hw_architecture': 'x86_64',
+              'architecture': 'x86_64', 'hw_firmware_type': 'uefi',
+              'hw_machine_type': 'q35', 'img_cloud_init': 'yes'}),
+    Guest('fedora39', release='fedora39', agent=True, expected={
+        'os_type': 'linux', 'os_distro': 'fedora', 'os_version': '39',
+        'hw_architecture': 'x86_64', 'architecture': 'x86_64',
+        'hw_qemu_guest_agent': 'yes', 'img_cloud_init': 'no'}),
+    Guest('s390x_zipl', release='sles15', machine=EM_S390, big_endian=True,
+          zipl=True, cloud_init=True, expected={
+              'os_type': 'linux', 'os_distro': 'sles',
+              'hw_architecture': 's390x', 'architecture': 's390x',
+              'img_cloud_init': 'yes'}),
+    Guest('no_os', release=None),
+    Guest('corrupt', corrupt=True),
+)}
+
+
+def _tree(guest: Guest, root: pathlib.Path) -> None:
+    for d in ('etc', 'usr/bin', 'usr/sbin', 'var/lib', 'boot', 'tmp'):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    if guest.release is None:
+        (root / 'data.txt').write_text('just data\n')
+        return
+    (root / 'bin').symlink_to('usr/bin')
+    (root / 'sbin').symlink_to('usr/sbin')
+    distro, version, pretty = OS_RELEASE[guest.release]
+    (root / 'etc/os-release').write_text(
+        'NAME="%s"\nPRETTY_NAME="%s"\nID=%s\nVERSION_ID="%s"\n'
+        % (pretty.split(' ')[0], pretty, distro, version))
+    if distro == 'debian':
+        (root / 'etc/debian_version').write_text('%s.5\n' % version)
+    # libguestfs counts a filesystem as a Linux root only with one of these.
+    (root / 'etc/fstab').write_text('LABEL=root / ext4 defaults 0 1\n')
+    (root / 'etc/hosts').write_text('127.0.0.1 localhost\n')
+    elf = elf_header(guest.machine, guest.big_endian)
+    for binary in ('ls', 'sh', 'true'):
+        (root / 'usr/bin' / binary).write_bytes(elf)
+        (root / 'usr/bin' / binary).chmod(0o755)
+    if guest.agent:
+        (root / 'usr/bin/qemu-ga').write_bytes(elf)
+    if guest.cloud_init:
+        (root / 'usr/bin/cloud-init').write_text('#!/usr/bin/python3\n')
+        (root / 'etc/cloud').mkdir()
+        (root / 'etc/cloud/cloud.cfg').write_text('datasource_list: []\n')
+    if guest.zipl:
+        (root / 'etc/zipl.conf').write_text(
+            '[defaultboot]\ndefault=linux\ntarget=/boot/zipl\n[linux]\n'
+            'image=/boot/image\nparameters="root=LABEL=root"\n')
+    # Hostile bits every guest carries: inspection must not follow them.
+    (root / 'etc/loop1').symlink_to('loop2')
+    (root / 'etc/loop2').symlink_to('loop1')
+
+
+def _run(*args: str) -> None:
+    subprocess.run(list(args), check=True, capture_output=True)
+
+
+def _ext4(tree: pathlib.Path, out: pathlib.Path, size: int) -> None:
+    _run('mke2fs', '-q', '-F', '-t', 'ext4', '-L', 'root', '-d', str(tree),
+         str(out), '%dK' % (size // 1024))
+
+
+def _esp(out: pathlib.Path, size: int) -> None:
+    _run('mkfs.vfat', '-C', '-n', 'ESP', str(out), str(size // 1024))
+    loader = out.with_suffix('.efi')
+    loader.write_bytes(b'MZ' + b'\0' * 510)  # a PE stub is enough to list
+    for d in ('::/EFI', '::/EFI/BOOT', '::/EFI/ubuntu'):
+        _run('mmd', '-i', str(out), d)
+    _run('mcopy', '-i', str(out), str(loader), '::/EFI/BOOT/BOOTX64.EFI')
+    _run('mcopy', '-i', str(out), str(loader), '::/EFI/ubuntu/shimx64.efi')
+
+
+def _splice(disk: pathlib.Path, part: pathlib.Path, offset: int) -> None:
+    _run('dd', 'if=%s' % part, 'of=%s' % disk, 'bs=1M',
+         'seek=%d' % (offset // MiB), 'conv=notrunc,sparse', 'status=none')
+
+
+def build(guest: Guest, workdir: pathlib.Path) -> pathlib.Path:
+    """The raw disk image of ``guest`` in ``workdir`` (built once)."""
+    out = workdir / (guest.name + '.raw')
+    if out.exists():
+        return out
+    tree = workdir / (guest.name + '.tree')
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    _tree(guest, tree)
+    root_fs = workdir / (guest.name + '.ext4')
+    _ext4(tree, root_fs, 48 * MiB)
+    if guest.corrupt:
+        # Zero the primary superblock and the group descriptors: no
+        # filesystem is recognisable, nothing mounts.
+        with open(root_fs, 'r+b') as f:
+            f.seek(1024)
+            f.write(b'\xde\xad' * 4096)
+    if not guest.esp_loader:
+        root_fs.rename(out)
+        return out
+    esp = workdir / (guest.name + '.esp')
+    _esp(esp, 32 * MiB)
+    disk = workdir / (guest.name + '.disk')
+    with open(disk, 'wb') as f:
+        f.truncate(84 * MiB)
+    _run('sgdisk', '-n', '1:1M:+32M', '-t', '1:ef00', '-c', '1:ESP',
+         '-n', '2:33M:+48M', '-t', '2:8300', str(disk))
+    _splice(disk, esp, 1 * MiB)
+    _splice(disk, root_fs, 33 * MiB)
+    disk.rename(out)
+    return out
