@@ -589,6 +589,25 @@ def test_reader_offset_and_length(stores: Stores,
         min(OBJ, len(want) - o) for o in range(0, len(want), OBJ)]
 
 
+@pytest.mark.parametrize('case,offset', [
+    # chunks that start in a hole and end in data, and the other way round
+    ('whole_middle_object', OBJ // 2), ('last_byte', OBJ // 2 + 1),
+    ('object_ends', 3), ('first_byte', 1), ('empty', 12345),
+    ('full', OBJ - 1)])
+def test_reader_unaligned_chunks_over_holes(
+        stores: Stores, read_images: dict[str, str], case: str,
+        offset: int) -> None:
+    data = READ_CASES[case]
+    store = stores.store('sparse')
+    loc = stores.location('sparse', read_images[case]).store_location
+    reader = rbd_sparse.SparseImageIterator(
+        store, loc.pool, loc.image, loc.snapshot, offset, None, OBJ)
+    chunks = list(reader)
+    assert b''.join(chunks) == data[offset:]
+    assert [len(c) for c in chunks] == [
+        min(OBJ, len(data) - o) for o in range(offset, len(data), OBJ)]
+
+
 @pytest.mark.parametrize('kwargs', [{'offset': 1}, {'chunk_size': 10},
                                     {'offset': 5, 'chunk_size': 10}])
 @pytest.mark.parametrize('name', ['sparse', 'upstream'])
