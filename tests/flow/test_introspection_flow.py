@@ -137,5 +137,7 @@ def test_check_config(conf):
 def test_list_opts():
     [(group, opts)] = image_introspection.list_opts()
     assert group == 'image_introspection'
-    assert {o.name for o in opts} == {'override_user_properties',
-                                      'property_families'}
+    assert {o.name for o in opts} == {
+        'override_user_properties', 'property_families', 'guest_inspection',
+        'guest_inspection_timeout', 'guest_inspection_memory',
+        'guest_inspection_accel', 'guest_inspection_required'}

@@ -91,7 +91,7 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
     Guest('s390x_zipl', release='sles15', machine=EM_S390, big_endian=True,
           zipl=True, cloud_init=True, expected={
               'os_type': 'linux', 'os_distro': 'sles',
-              'hw_architecture': 's390x', 'architecture': 's390x',
+              'os_version': '15.5', 'hw_architecture': 's390x', 'architecture': 's390x',
               'img_cloud_init': 'yes'}),
     Guest('no_os', release=None),
     Guest('corrupt', corrupt=True),
