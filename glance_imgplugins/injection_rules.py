@@ -418,7 +418,19 @@ class _LoadError(Exception):
 
 
 class _LineLoader(yaml.SafeLoader):
-    pass
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, _LoadError):
+            raise
+        except Exception:  # noqa: BLE001 - PyYAML's own constructor bugs
+            # PyYAML's constructors raise AttributeError or ValueError on
+            # some explicitly tagged values (``!!timestamp 2001-12/14``,
+            # month 13); found by fuzzing.  Name the value's line instead.
+            tag = str(node.tag).rsplit(':', 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, 'cannot read this value as %s' % tag,
+                node.start_mark) from None
 
 
 def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
@@ -429,10 +441,10 @@ def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
         key_line = key_node.start_mark.line + 1
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
-            raise _LoadError(key_line, 'key %r is not a string' % (key,))
+            raise _LoadError(key_line, 'key %s is not a string' % _shown(key))
         if key in out:
-            raise _LoadError(key_line, 'duplicate key %r (first on line %d)'
-                             % (key, out.key_lines[key]))
+            raise _LoadError(key_line, 'duplicate key %s (first on line %d)'
+                             % (_shown(key), out.key_lines[key]))
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = key_line
     return out
@@ -453,7 +465,7 @@ def _json_map(pairs: list[tuple[str, Any]]) -> _Map:
     out = _Map()
     for key, value in pairs:
         if key in out:
-            raise _LoadError(None, 'duplicate key %r' % key)
+            raise _LoadError(None, 'duplicate key %s' % _shown(key))
         out[key] = value
     return out
 
@@ -466,14 +478,26 @@ def _read_document(text: str, fmt: str) -> Any:
         except json.JSONDecodeError as exc:
             raise _LoadError(exc.lineno, 'JSON syntax error, column %d: %s'
                              % (exc.colno, exc.msg)) from exc
+        except _LoadError as exc:
+            # A duplicate key: the YAML reading below names its line.
+            try:
+                yaml.load(text, Loader=_LineLoader)  # noqa: S506
+            except _LoadError as located:
+                if located.line is not None:
+                    raise located from None
+            except yaml.YAMLError:
+                pass
+            raise exc
         # Valid JSON: read it again as YAML (a superset, for our purpose)
         # only to learn the line of every key.
         try:
-            return yaml.load(text, Loader=_LineLoader)  # noqa: S506
+            lined = yaml.load(text, Loader=_LineLoader)  # noqa: S506
         except (yaml.YAMLError, _LoadError):
             return doc
+        return _with_line(text, lined)
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506
+        return _with_line(
+            text, yaml.load(text, Loader=_LineLoader))  # noqa: S506
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -483,6 +507,16 @@ def _read_document(text: str, fmt: str) -> Any:
                          % (column, problem)) from exc
     except yaml.YAMLError as exc:
         raise _LoadError(None, 'YAML error: %s' % exc) from exc
+
+
+def _with_line(text: str, doc: Any) -> Any:
+    """``doc``, refused with its line when it is a lone scalar."""
+    if doc is None or isinstance(doc, (_Map, _Seq)):
+        return doc
+    # A scalar document carries no line of its own: ask the composer.
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    line = node.start_mark.line + 1 if node is not None else None
+    raise _LoadError(line, 'file: expected a mapping, got %s' % _kind(doc))
 
 
 class _Builder:
@@ -506,8 +540,8 @@ class _Builder:
                 if key not in allowed:
                     raise self._fail(
                         where, self._line(node, key),
-                        'unknown key %r (known: %s)'
-                        % (key, ', '.join(allowed)))
+                        'unknown key %s (known: %s)'
+                        % (_shown(key), ', '.join(allowed)))
         return node
 
     def _strings(self, node: Any, where: str, line: int | None) -> list[str]:
@@ -522,8 +556,8 @@ class _Builder:
         if isinstance(item, bool) or item is None:
             # YAML 1.1 reads yes/no/on/off/true/false/~ as these: an unquoted
             # ``yes`` becoming "True" would silently change the meaning.
-            raise self._fail(where, line, '%r is not a string: quote it'
-                             % (item,))
+            raise self._fail(where, line, '%s is not a string: quote it'
+                             % _shown(item))
         if isinstance(item, (int, float)):
             return str(item)
         if not isinstance(item, str):
@@ -551,8 +585,9 @@ class _Builder:
                 try:
                     out.append(Pattern('regex', text, re.compile(text)))
                 except re.error as exc:
-                    raise self._fail(where, item.line,
-                                     'bad regex %r: %s' % (text, exc)) from exc
+                    raise self._fail(
+                        where, item.line,
+                        'bad regex %s: %s' % (_shown(text), exc)) from exc
             else:
                 out.append(Pattern.glob(self._string(
                     item, where, getattr(node, 'line', line))))
@@ -562,11 +597,12 @@ class _Builder:
 
     def _key(self, key: str, where: str, line: int | None) -> str:
         if not key or len(key) > MAX_KEY_LENGTH:
-            raise self._fail(where, line, 'property key %r must have 1 to %d '
-                             'characters' % (key, MAX_KEY_LENGTH))
+            raise self._fail(where, line, 'property key %s must have 1 to %d '
+                             'characters' % (_shown(key), MAX_KEY_LENGTH))
         if is_reserved(key):
-            raise self._fail(where, line, 'key %r: keys starting %s are '
-                             'reserved to Glance' % (key, RESERVED_PREFIX))
+            raise self._fail(where, line, 'key %s: keys starting %s are '
+                             'reserved to Glance'
+                             % (_shown(key), RESERVED_PREFIX))
         return key
 
     def conditions(self, node: Any, where: str,
@@ -595,9 +631,10 @@ class _Builder:
                 for p in patterns:
                     if p.kind == 'glob' and not any(
                             p.matches(m) for m in IMPORT_METHODS):
-                        raise self._fail(sub, nline, 'unknown import method '
-                                         '%r (known: %s)' % (p.text, ', '.join(
-                                             sorted(IMPORT_METHODS))))
+                        raise self._fail(
+                            sub, nline, 'unknown import method %s (known: %s)'
+                            % (_shown(p.text),
+                               ', '.join(sorted(IMPORT_METHODS))))
             (sets if name in SET_CONDITIONS else scalars).append(
                 (name, patterns))
         return Conditions(tuple(scalars), tuple(sets), tuple(props))
@@ -623,9 +660,9 @@ class _Builder:
         for item in items:
             text = self._string(item, where, getattr(node, 'line', line))
             if is_reserved(text):
-                raise self._fail(where, line, 'key %r: keys starting %s are '
+                raise self._fail(where, line, 'key %s: keys starting %s are '
                                  'reserved to Glance'
-                                 % (text, RESERVED_PREFIX))
+                                 % (_shown(text), RESERVED_PREFIX))
             out.append(Pattern.glob(text))
         return tuple(out)
 
@@ -661,12 +698,12 @@ class _Builder:
             for k in ('remove', 'protect', 'forbid'))
         both = sorted(set(set_) & set(default))
         if both:
-            raise self._fail(where, line, 'key %r is in both set and default'
-                             % both[0])
+            raise self._fail(where, line, 'key %s is in both set and default'
+                             % _shown(both[0]))
         for key in list(set_) + list(default):
             if _matching(remove, key):
-                raise self._fail(where, line, 'key %r is both written and '
-                                 'removed' % key)
+                raise self._fail(where, line, 'key %s is both written and '
+                                 'removed' % _shown(key))
         return Rule(name=name, line=line, match=match, unless=unless,
                     ignore_roles=ignore, set=set_, default=default,
                     remove=remove, protect=protect, forbid=forbid)
@@ -693,18 +730,60 @@ class _Builder:
         for i, rule in enumerate(rules):
             if rule.name in seen:
                 raise self._fail('rules[%d]' % i, rule.line,
-                                 'duplicate rule name %r (also rules[%d])'
-                                 % (rule.name, seen[rule.name]))
+                                 'duplicate rule name %s (also rules[%d])'
+                                 % (_shown(rule.name), seen[rule.name]))
             seen[rule.name] = i
         return RuleSet(tuple(rules), source)
 
 
 def _kind(node: Any) -> str:
+    """What a YAML value is, in the words of the YAML the user wrote."""
     if isinstance(node, dict):
         return 'a mapping'
-    if isinstance(node, list):
+    if isinstance(node, (list, tuple)):
         return 'a list'
-    return type(node).__name__
+    if isinstance(node, (set, frozenset)):
+        return 'a set'
+    if isinstance(node, bool):
+        return 'a boolean'
+    if isinstance(node, (int, float)):
+        return 'a number'
+    if isinstance(node, str):
+        return 'a string'
+    if isinstance(node, (bytes, bytearray)):
+        return 'binary data'
+    if isinstance(node, (datetime.date, datetime.datetime)):
+        return 'a date'
+    if node is None:
+        return 'null'
+    return 'an unsupported value'
+
+
+# A value quoted in an error is cut here: the error must stay readable
+# whatever the file holds.
+_SHOWN_MAX = 60
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: no Python repr, bounded."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if value is None:
+        return 'null'
+    if isinstance(value, (int, float)):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, (datetime.date, datetime.datetime)):
+        text = value.isoformat()
+    else:
+        return _kind(value)
+    if len(text) > _SHOWN_MAX:
+        text = text[:_SHOWN_MAX - 3] + '...'
+    # Quoted with control characters escaped (a key may hold a newline).
+    text = ''.join(c if c.isprintable() else
+                   c.encode('unicode_escape').decode('ascii') for c in text)
+    return "'%s'" % text.replace("'", "\\'")
 
 
 def _as_rules_error(source: str, exc: _LoadError) -> exception.RulesError:
@@ -750,8 +829,8 @@ def literal_rule(name: str, values: Mapping[str, str],
     for key in values:
         if not key or is_reserved(key) or len(key) > MAX_KEY_LENGTH:
             raise exception.RulesError(
-                path=name, reason='key %r cannot be injected (empty, longer '
-                'than %d, or starting %s)' % (key, MAX_KEY_LENGTH,
+                path=name, reason='key %s cannot be injected (empty, longer '
+                'than %d, or starting %s)' % (_shown(key), MAX_KEY_LENGTH,
                                               RESERVED_PREFIX))
     return Rule(name=name, set={k: Value.literal(str(v))
                                 for k, v in values.items()},

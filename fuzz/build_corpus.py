@@ -1,0 +1,151 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Build the seed corpora: ``python -m fuzz.build_corpus OUT_DIR``.
+
+``OUT_DIR/inspection``: every entry of the test image corpus
+(``tests.support.images``: BENIGN, HOSTILE, SIZE_GUARD, QEMU_REFUSED,
+COMPRESSED), cut after the last byte inspection reads from it (so a 16 MiB
+raw disk becomes its first sectors) and at most ``--max-len`` bytes; the
+fixed VHD, whose footer is the file's end, is kept whole when it fits.
+``OUT_DIR/rules``: the example rules file, the same rules as JSON, and
+small documents for each part of the schema (and an alias bomb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import struct
+import sys
+import tempfile
+
+import yaml
+
+from glance_imgplugins import inspection
+from tests.support import images
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_MAX_LEN = 4 * 1024 * 1024
+
+RULE_SEEDS = {
+    'minimal.yaml': 'rules: []\n',
+    'set.yaml': ('rules:\n  - name: provenance\n    set: {imported_by: '
+                 '"${user_id}@${project_id} via ${import_method}"}\n'
+                 '    protect: [imported_by]\n'),
+    'match.yaml': ('version: 1\nrules:\n  - name: vmdk\n    match:\n'
+                   '      disk_format: [vmdk, "re:^v.*"]\n'
+                   '      roles: [member]\n'
+                   '      facts: {vmware_adaptertype: null}\n'
+                   '    unless: {properties: {hw_disk_bus: scsi}}\n'
+                   '    default: {vmware_adaptertype: lsiLogic}\n'
+                   '    ignore_roles: [admin]\n'),
+    'actions.yaml': ('rules:\n  - name: a\n    remove: ["hw_*"]\n'
+                     '    forbid: ["os_*", "hw_firmware_*"]\n'
+                     '    set: {when: "${utc_date}", t: "$task_id"}\n'),
+    'anchors.yaml': ('base: &b {disk_format: raw}\nrules:\n'
+                     '  - name: x\n    match: *b\n    set: {k: v}\n'
+                     '  - name: y\n    match: {<<: *b, name: "n*"}\n'
+                     '    set: {k: w}\n'),
+    'laughs.yaml': ('a: &a [x, x, x, x, x, x, x, x, x]\n'
+                    'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n'
+                    'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n'
+                    'd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n'
+                    'rules: [{name: r, set: {k: v}, remove: *d}]\n'),
+    'duplicate.yaml': 'rules: []\nrules: []\n',
+    'tags.yaml': ('rules:\n  - name: !!binary aGVsbG8=\n'
+                  '    set: {k: !!timestamp 2001-12-14}\n'),
+    'minimal.json': '{"rules": [{"name": "r", "set": {"k": "v"}}]}\n',
+}
+
+
+def _read_extent(path: pathlib.Path) -> int:
+    """One past the last byte inspect_file needs from ``path``.
+
+    The raw/gpt footer probe (the last 512 bytes: is it a fixed VHD?) does
+    not count unless the file is one: the cut file gets a new end anyway.
+    """
+    reads: list[tuple[int, int]] = []
+    real = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        data = real(fd, length, offset)
+        reads.append((offset, len(data)))
+        return data
+
+    os.pread = pread
+    try:
+        result = inspection.inspect_file(str(path))
+    finally:
+        os.pread = real
+    size = path.stat().st_size
+    if result.format == 'vhd' and result.inspector_name in ('raw', 'gpt'):
+        return -1
+    return max((o + n for o, n in reads if o != size - 512), default=0)
+
+
+def _fixed_vhd(footer: bytes, size: int) -> bytes:
+    """A fixed VHD of ``size`` zero bytes with ``footer``'s fields."""
+    out = bytearray(footer)
+    out[40:56] = struct.pack('>QQ', size, size)
+    out[64:68] = bytes(4)
+    out[64:68] = struct.pack('>I', ~sum(out) & 0xFFFFFFFF)
+    return bytes(size) + bytes(out)
+
+
+def build_inspection(out: pathlib.Path, max_len: int,
+                     work: pathlib.Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = images.Corpus(work)
+    for name in images.ENTRIES:
+        path = corpus.path(name)
+        size = path.stat().st_size
+        extent = _read_extent(path)
+        with open(path, 'rb') as f:
+            if extent < 0:
+                f.seek(size - 512)
+                data = _fixed_vhd(f.read(512), min(size - 512, 64 * 1024))
+            else:
+                data = f.read(min(size, max_len, max(extent, 4096)))
+        (out / name).write_bytes(data)
+    return len(images.ENTRIES)
+
+
+def build_rules(out: pathlib.Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    example = (_ROOT / 'etc' / 'property-injection-rules.yaml.example')
+    text = example.read_text()
+    seeds = dict(RULE_SEEDS)
+    seeds['example.yaml'] = text
+    seeds['example.json'] = json.dumps(yaml.safe_load(text), indent=2)
+    for name, body in seeds.items():
+        (out / name).write_text(body)
+    return len(seeds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('out', type=pathlib.Path)
+    parser.add_argument('--max-len', type=int, default=DEFAULT_MAX_LEN)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix='fuzz-seeds-') as work:
+        n = build_inspection(args.out / 'inspection', args.max_len,
+                             pathlib.Path(work))
+    m = build_rules(args.out / 'rules')
+    print('seeds: %d images, %d rules documents in %s' % (n, m, args.out))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
