@@ -316,8 +316,13 @@ class IntrospectImage(base.PluginTask):
                         image_id, exc)
             if settings.guest_inspection_required:
                 raise
-            message.update('Guest inspection: %s; the import goes on '
-                           'without guest facts' % exc, force=True)
+            if isinstance(exc, guest.NoGuestOS):
+                note = 'Guest inspection: no operating system found (%s)' % (
+                    exc.kwargs.get('reason'))
+            else:
+                note = str(exc)
+            message.update(note + '; the import goes on without guest facts',
+                           force=True)
             return {}
         props = guest.guest_properties(facts)
         notes = guest.warnings(facts)
