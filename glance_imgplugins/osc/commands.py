@@ -27,7 +27,7 @@ import sys
 from typing import Any, Iterable, TextIO
 
 from cliff import columns as cliff_columns
-from cliff import show
+from cliff import lister, show
 
 from glance_imgplugins import exception
 from glance_imgplugins.cmd import multistore as args
@@ -95,6 +95,8 @@ class _Command(show.ShowOne):
         renderer = getattr(self, '_renderer', None)
         if renderer is not None:
             renderer.error(message, status)
+            if isinstance(renderer, render.JsonRenderer):
+                return status  # stderr stays JSON lines only
         self._stderr().write('%s: error: %s\n' % (
             ' '.join(filter(None, [getattr(self.app, 'NAME', ''),
                                    self.cmd_name])), message))
@@ -158,33 +160,55 @@ class InspectImage(_Command):
 
 # --- check-config ----------------------------------------------------------
 
-class CheckConfig(_Command):
-    """Report import plugins and store drivers Glance would skip.
+class CheckConfig(lister.Lister):
+    """Report what Glance would skip or refuse in its configuration.
 
-    Reads glance-api.conf / glance-image-import.conf; needs no credentials.
+    Reads glance-api.conf / glance-image-import.conf (and their conf.d
+    folders); needs no credentials.  Text by default; with -f, one row per
+    finding (Level, Message) through cliff's formatters.
     """
 
+    log = LOG
     auth_required = False
 
+    def get_epilog(self) -> str:
+        return ('exit status: 0 no problem (warnings allowed); 1 problems '
+                'found; 2 no configuration file, or one that cannot be '
+                'parsed')
+
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        # Its own options; the report is check_config's own text.
-        parser = argparse.ArgumentParser(
-            prog=prog_name, description=self.get_description(),
-            epilog=self.get_epilog())
-        parser.add_argument(
-            '--config-dir', help='Glance configuration folder (reads '
-            'glance-image-import.conf and glance-api.conf).')
-        parser.add_argument('--config-file', action='append',
-                            help='A configuration file; repeatable.')
+        from glance_imgplugins.cmd import check_config
+
+        parser = super().get_parser(prog_name)
+        check_config.add_arguments(parser)
+        # No -f: check-config's own text report.
+        parser.set_defaults(formatter=None)
         return parser
 
     def run(self, parsed_args: argparse.Namespace) -> int:
         from glance_imgplugins.cmd import check_config
 
-        return int(check_config.run(parsed_args))
+        if parsed_args.formatter is None:
+            return int(check_config.run(parsed_args, out=self.app.stdout))
+        try:
+            self._report = check_config.check(
+                list(parsed_args.config_file or []),
+                check_config._dirs(parsed_args))
+        except (check_config.ConfigNotFound,
+                check_config.ConfigUnreadable) as exc:
+            self.app.stderr.write('ERROR  %s\n' % exc)
+            return 2
+        super().run(parsed_args)
+        return int(self._report.exit_status)
 
-    def take_action(self, parsed_args: argparse.Namespace) -> Any:
-        raise NotImplementedError  # run() is the whole command
+    def take_action(self, parsed_args: argparse.Namespace
+                    ) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+        report = self._report
+        rows = [('ok', t) for t in report.ok] + [
+            ('info', t) for t in report.info] + [
+            ('warning', t) for t in report.warnings] + [
+            ('error', t) for t in report.errors]
+        return ('Level', 'Message'), rows
 
 
 # --- import / copy / watch -------------------------------------------------
@@ -328,7 +352,7 @@ class WatchImport(_Multistore):
 
 
 #: Command name (as ``glance-imgplugins`` spells it) -> class.
-STANDALONE: dict[str, type[_Command]] = {
+STANDALONE: dict[str, type[Any]] = {
     'inspect': InspectImage,
     'check-config': CheckConfig,
     'import': ImportToStores,

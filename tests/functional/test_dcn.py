@@ -126,7 +126,7 @@ class Site:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [CLI, *args, '--json', '--interval', '0.3'],
+            [CLI, *args, '--progress', 'json', '--interval', '0.3'],
             env=self.glance.env(ADMIN_TOKEN), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
@@ -136,7 +136,8 @@ class Site:
 
 def finish(proc: subprocess.Popen[str], timeout: float = 120
            ) -> dict[str, Any]:
-    """Wait for a ``--json`` CLI run; its result document and exit status."""
+    """Wait for a ``--progress json`` CLI run (JSON lines on stderr); its
+    result document and exit status."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -144,8 +145,8 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120
         out, err = proc.communicate()
         raise AssertionError('CLI still running after %ss:\n%s\n%s'
                              % (timeout, out[-3000:], err[-3000:])) from None
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events, err
+    events = [json.loads(line) for line in err.splitlines()]
+    assert events, out
     result = dict(events[-1])
     result['returncode'] = proc.returncode
     result['events'] = events
@@ -335,7 +336,7 @@ def _edge_outage(site: Site) -> dict[str, dict[str, Any]]:
         edge.stop_osd()
         started = time.monotonic()
         for name, extra in (('allow-a', ()),
-                            ('must', ('--no-allow-failure',))):
+                            ('must', ('--disallow-failure',))):
             procs[name] = site.popen('import', str(site.source), '--name',
                                      name, '--disk-format', 'vmdk',
                                      '--all-stores', *extra)
@@ -399,7 +400,7 @@ def test_edge_down_without_allow_failure(site: Site) -> None:
 
 def test_copy_to_edge_after_it_is_back(site: Site) -> None:
     image_id = site.state['partial'][0]
-    result = site.cli('copy', image_id, '--stores', 'edge')
+    result = site.cli('copy', image_id, '--store', 'edge')
     assert result['returncode'] == 0, result
     assert [(s['store'], s['state']) for s in result['stores']] == [
         ('edge', 'done')]
