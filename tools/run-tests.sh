@@ -18,6 +18,12 @@ if [ $# -eq 0 ] && [ -z "${SKIP_TEMPEST:-}" ]; then
     echo "=== tempest"
     tools/run-tempest.sh || status=$?
 fi
+# A 30 s fuzz smoke run (both targets at once, seeds built once into
+# fuzz/work); not when pytest args select tests, nor with SKIP_FUZZ=1.
+if [ $# -eq 0 ] && [ -z "${SKIP_FUZZ:-}" ]; then
+    echo "=== fuzz smoke"
+    "$VENV/bin/python" -m fuzz.run --time "${FUZZ_SMOKE_TIME:-30}" || status=1
+fi
 # The docs build with warnings as errors, and the sample config matches
 # what genconfig writes (both take seconds).
 echo "=== docs"

@@ -28,9 +28,11 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-stamp="$VENV/.deps-$(cat requirements.txt test-requirements.txt doc/requirements.txt setup.cfg | sha1sum | cut -c1-12)"
+stamp="$VENV/.deps-$(cat requirements.txt test-requirements.txt doc/requirements.txt fuzz/requirements.txt setup.cfg | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
-    pip install -q -r requirements.txt -r test-requirements.txt -r doc/requirements.txt
+    # fuzz/requirements.txt: atheris, for the fuzz smoke run of make test.
+    pip install -q -r requirements.txt -r test-requirements.txt -r doc/requirements.txt \
+        -r fuzz/requirements.txt
     pip install -q -e ".[cli]"
     touch "$stamp"
 fi
