@@ -518,6 +518,40 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
+def inspect_file(path: str, limits: Limits = Limits(),
+                 vmdk_allowed_types: Sequence[str] | None = None
+                 ) -> dict[str, Any]:
+    """Offline (``glance-imgplugins inspect --guest FILE``): the guest facts
+    the plugin would set for ``path``, as a JSON-able dict.
+
+    Keys: ``properties`` and ``warnings`` (and ``guest``, ``accel``,
+    ``elapsed_s``) on success, ``error`` otherwise.  Header inspection
+    decides the format and whether the file is safe to hand to qemu, as at
+    import; unreadable input raises ``InspectionInputError`` / OSError like
+    ``inspection.inspect_file``.
+    """
+    # Imported here: the worker process needs neither.
+    from glance_imgplugins import inspection
+    from glance_imgplugins import qemu_img
+
+    allowed = tuple(vmdk_allowed_types or
+                    inspection.DEFAULT_VMDK_ALLOWED_TYPES)
+    result = inspection.inspect_file(path, vmdk_allowed_types=allowed)
+    if not result.safe:
+        return {'error': 'not inspected: the image is unsafe (%s)'
+                % result.failure_summary()}
+    if result.format == 'unknown':
+        return {'error': 'not inspected: unknown image format'}
+    try:
+        facts = inspect_guest(path, qemu_img.qemu_format(result.format),
+                              limits, name=os.path.basename(path))
+    except exception.GlanceImgPluginsError as exc:
+        return {'error': str(exc)}
+    return {'guest': facts.summary(), 'properties': guest_properties(facts),
+            'warnings': warnings(facts), 'accel': facts.accel,
+            'elapsed_s': facts.elapsed}
+
+
 # --- the worker (runs in its own process, under the limits) -----------------
 
 def _import_guestfs() -> Any:
@@ -642,9 +676,10 @@ def worker_main(argv: Sequence[str]) -> int:
         report.update(error='the libguestfs Python binding is not installed',
                       error_phase='launch')
     except RuntimeError as exc:
+        # The first line says what failed; the rest is libguestfs' advice.
         text = str(exc).strip().splitlines()
-        report.update(error=(text[-1] if text else 'libguestfs error')[:300],
-                      error_phase=phase)
+        report.update(error=(text[0].rstrip('.') if text else
+                             'libguestfs error')[:300], error_phase=phase)
     print(json.dumps(report))
     return 1 if 'error' in report else 0
 

@@ -1,0 +1,236 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The guest-inspection core on guest images built here, under TCG.
+
+Each image is built once per module (``mke2fs -d``, milliseconds) and
+inspected once (~25 s under TCG); the mapping from libguestfs' answers to
+Nova's properties is also checked on reports written out here.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from glance_imgplugins import exception
+from glance_imgplugins import guest
+from tests.support import guest_images as gi
+
+# One launch each (25-75 s under TCG, by load).  The other guests are
+# inspected once elsewhere: s390x_zipl and no_os in the flow layer (all three
+# plugins; required mode), fedora39 through a real Glance.
+REAL = ['debian12', 'ubuntu2204_uefi', 'corrupt']
+TCG = guest.Limits(accel='tcg', timeout=300)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return tmp_path_factory.mktemp('guests')
+
+
+@pytest.fixture(scope='module')
+def outcomes(workdir: pathlib.Path) -> dict[str, Any]:
+    """name -> GuestFacts or the exception, each image inspected once."""
+    results: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in results:
+            path = gi.build(gi.GUESTS[name], workdir)
+            try:
+                results[name] = guest.inspect_guest(str(path), 'raw', TCG,
+                                                    name='image-1')
+            except exception.GlanceImgPluginsError as exc:
+                results[name] = exc
+        return results[name]
+    return get  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize('name', [n for n in REAL if gi.GUESTS[n].expected])
+def test_real_guest_gets_exactly_its_properties(outcomes, name):
+    facts = outcomes(name)
+    assert isinstance(facts, guest.GuestFacts), facts
+    assert facts.accel == 'tcg'
+    assert guest.guest_properties(facts) == dict(gi.GUESTS[name].expected)
+
+
+def test_uefi_needs_an_esp_with_a_loader(outcomes):
+    assert outcomes('ubuntu2204_uefi').uefi_loader is True
+    assert outcomes('debian12').uefi_loader is False
+
+
+def test_missing_cloud_init_is_a_warning(outcomes):
+    notes = guest.warnings(guest.parse_report(report(cloud_init=False)))
+    assert notes == ['no cloud-init found (instances will not get SSH keys '
+                     'or user data)']
+    assert guest.warnings(outcomes('debian12')) == []
+
+
+def test_corrupt_filesystem_means_no_os(outcomes):
+    exc = outcomes('corrupt')
+    assert isinstance(exc, guest.NoGuestOS)
+    assert isinstance(exc, exception.ContentRefused)
+    assert str(exc) == ('No operating system found in the image: no '
+                        'filesystem holds a recognisable OS: refused')
+
+
+def test_timeout_kills_the_appliance(workdir):
+    path = gi.build(gi.GUESTS['debian12'], workdir)
+    started = time.monotonic()
+    with pytest.raises(guest.GuestInspectionTimeout) as caught:
+        guest.inspect_guest(str(path), 'raw',
+                            guest.Limits(accel='tcg', timeout=4),
+                            name='image-2')
+    assert time.monotonic() - started < 15
+    assert isinstance(caught.value, exception.Retryable)
+    assert str(caught.value) == (
+        'Guest inspection did not finish within 4 seconds '
+        '([image_introspection] guest_inspection_timeout)')
+    # Nothing of the run survives it: no qemu holds the image.
+    time.sleep(0.5)
+    ps = subprocess.run(['ps', '-eo', 'args'], capture_output=True,
+                        text=True, check=True).stdout
+    assert str(path) not in ps
+
+
+def test_not_a_file_is_named_without_its_path(tmp_path):
+    with pytest.raises(guest.GuestInspectionFailed) as caught:
+        guest.inspect_guest(str(tmp_path), 'raw', TCG, name='image-3')
+    assert str(caught.value) == ('Guest inspection failed: image-3 is not '
+                                 'a regular file')
+
+
+def test_unknown_accelerator(tmp_path):
+    f = tmp_path / 'x'
+    f.write_bytes(b'\0' * 512)
+    with pytest.raises(guest.GuestInspectionFailed,
+                       match='unknown accelerator xen'):
+        guest.inspect_guest(str(f), 'raw', guest.Limits(accel='xen'))
+
+
+def test_worker_usage_error():
+    out = subprocess.run(
+        [guest.sys.executable, '-m', 'glance_imgplugins.guest', 'nonsense'],
+        capture_output=True, text=True)
+    assert out.returncode == 2
+    assert guest._last_json(out.stdout)['error'] == 'usage'
+
+
+# --- the mapping, on reports as the worker writes them -----------------------
+
+def report(**root: Any) -> dict[str, Any]:
+    base = {'type': 'linux', 'distro': 'debian', 'major': 12, 'minor': 0,
+            'arch': 'x86_64', 'osinfo': 'debian12', 'product_name': 'x',
+            'qemu_guest_agent': False, 'cloud_init': True, 'zipl': False}
+    base.update(root)
+    return {'version': 1, 'roots': [base], 'uefi_loader': False}
+
+
+@pytest.mark.parametrize('root, distro, version', [
+    ({'distro': 'debian', 'major': 12, 'minor': 5, 'osinfo': 'debian12'},
+     'debian', '12'),
+    ({'distro': 'ubuntu', 'major': 22, 'minor': 4, 'osinfo': 'ubuntu22.04'},
+     'ubuntu', '22.04'),
+    ({'distro': 'ubuntu', 'major': 24, 'minor': 4, 'osinfo': None},
+     'ubuntu', '24.04'),
+    ({'distro': 'rhel', 'major': 9, 'minor': 2, 'osinfo': 'rhel9.2'},
+     'rhel', '9.2'),
+    ({'distro': 'centos', 'major': 8, 'minor': 0, 'osinfo': 'centos8'},
+     'centos', '8'),
+    ({'distro': 'fedora', 'major': 39, 'minor': 0, 'osinfo': 'fedora39'},
+     'fedora', '39'),
+    ({'distro': 'opensuse', 'major': 15, 'minor': 5,
+      'osinfo': 'opensuse15.5'}, 'opensuse', '15.5'),
+    ({'distro': 'sles', 'major': 15, 'minor': 5, 'osinfo': 'sles15sp5'},
+     'sles', '15.5'),
+    ({'distro': 'archlinux', 'major': 0, 'minor': 0, 'osinfo': None},
+     'arch', None),
+])
+def test_libosinfo_names(root, distro, version):
+    facts = guest.parse_report(report(**root))
+    assert facts.os_distro == distro
+    assert facts.os_version == version
+
+
+def test_windows():
+    facts = guest.parse_report(report(
+        type='windows', distro='windows', major=10, minor=0,
+        osinfo='win2k19', cloud_init=False, qemu_guest_agent=True))
+    props = guest.guest_properties(facts)
+    assert props == {'os_type': 'windows', 'os_distro': 'windows',
+                     'hw_architecture': 'x86_64', 'architecture': 'x86_64',
+                     'hw_qemu_guest_agent': 'yes', 'img_cloud_init': 'no'}
+    assert guest.warnings(facts) == [
+        'no cloudbase-init found (instances will not get user data)']
+
+
+@pytest.mark.parametrize('arch, expected', [
+    ('i386', 'i686'), ('aarch64', 'aarch64'), ('ppc64le', 'ppc64le'),
+    ('s390x', 's390x'), ('x86_64', 'x86_64')])
+def test_architectures(arch, expected):
+    props = guest.guest_properties(guest.parse_report(report(arch=arch)))
+    assert props['hw_architecture'] == props['architecture'] == expected
+
+
+def test_unknown_architecture_sets_none_and_warns():
+    facts = guest.parse_report(report(arch='unknown'))
+    props = guest.guest_properties(facts)
+    assert 'hw_architecture' not in props and 'architecture' not in props
+    assert guest.warnings(facts) == ['architecture not recognised']
+
+
+def test_uefi_on_aarch64_has_no_q35():
+    rep = report(arch='aarch64')
+    rep['uefi_loader'] = True
+    props = guest.guest_properties(guest.parse_report(rep))
+    assert props['hw_firmware_type'] == 'uefi'
+    assert 'hw_machine_type' not in props
+
+
+def test_several_operating_systems_are_no_answer():
+    rep = report()
+    rep['roots'] = rep['roots'] * 2
+    with pytest.raises(guest.NoGuestOS, match='2 operating systems found'):
+        guest.parse_report(rep)
+
+
+@pytest.mark.parametrize('bad', [None, [], {'version': 2, 'roots': []},
+                                 {'version': 1}, {'version': 1,
+                                                  'roots': ['x']}])
+def test_malformed_reports(bad):
+    with pytest.raises(guest.GuestInspectionFailed,
+                       match='unexpected worker report'):
+        guest.parse_report(bad)
+
+
+def test_guest_prose_never_becomes_a_value():
+    facts = guest.parse_report(report(distro='deb ian; rm -rf /',
+                                      arch='x86_64\n', osinfo='<x>'))
+    assert facts.os_distro is None and facts.hw_architecture is None
+    assert guest.guest_properties(facts) == {'os_type': 'linux',
+                                             'img_cloud_init': 'yes'}
+
+
+def test_offline_never_hands_an_unsafe_image_to_qemu(tmp_path):
+    base = tmp_path / 'base.raw'
+    base.write_bytes(b'\0' * 65536)
+    top = tmp_path / 'top.qcow2'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
+                    str(base), '-F', 'raw', str(top)], check=True)
+    out = guest.inspect_file(str(top), TCG)
+    assert out['error'].startswith('not inspected: the image is unsafe (')
+    assert 'backing_file' in out['error']
+    assert str(tmp_path) not in out['error']
