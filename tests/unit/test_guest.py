@@ -234,3 +234,23 @@ def test_offline_never_hands_an_unsafe_image_to_qemu(tmp_path):
     assert out['error'].startswith('not inspected: the image is unsafe (')
     assert 'backing_file' in out['error']
     assert str(tmp_path) not in out['error']
+
+
+def test_auto_accelerator_is_decided_once_and_logged(caplog):
+    guest.reset_accel()
+    try:
+        with caplog.at_level('INFO', logger='glance_imgplugins.guest'):
+            first = guest.chosen_accel('auto')
+            assert guest.chosen_accel('auto') == first
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1
+        assert lines[0].startswith('Guest inspection: the libguestfs '
+                                   'appliance will use %s' % first)
+        assert first == ('kvm' if guest._kvm_usable() else 'tcg')
+        # A KVM launch failure switches to TCG for good, said once.
+        guest._kvm_failed()
+        guest._kvm_failed()
+        assert guest.chosen_accel('auto') == 'tcg'
+        assert guest.chosen_accel('kvm') == 'kvm'
+    finally:
+        guest.reset_accel()
