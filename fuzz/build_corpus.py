@@ -15,8 +15,9 @@
 ``OUT_DIR/inspection``: every entry of the test image corpus
 (``tests.support.images``: BENIGN, HOSTILE, SIZE_GUARD, QEMU_REFUSED,
 COMPRESSED), cut after the last byte inspection reads from it (so a 16 MiB
-raw disk becomes its first sectors) and at most ``--max-len`` bytes; the
-fixed VHD, whose footer is the file's end, is kept whole when it fits.
+raw disk becomes its first sectors) and at most ``--max-len`` bytes (a
+vhdx gets its metadata moved from 3 MiB to 320 KiB to fit); the fixed
+VHD, whose footer is the file's end, is rebuilt 64 KiB long.
 ``OUT_DIR/rules``: the example rules file, the same rules as JSON, and
 small documents for each part of the schema (and an alias bomb).
 """
@@ -30,6 +31,7 @@ import pathlib
 import struct
 import sys
 import tempfile
+import uuid
 
 import yaml
 
@@ -37,7 +39,8 @@ from glance_imgplugins import inspection
 from tests.support import images
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_MAX_LEN = 4 * 1024 * 1024
+# The fuzzer's -max_len: larger inputs cost more than they find.
+DEFAULT_MAX_LEN = 1024 * 1024
 
 RULE_SEEDS = {
     'minimal.yaml': 'rules: []\n',
@@ -104,6 +107,29 @@ def _fixed_vhd(footer: bytes, size: int) -> bytes:
     return bytes(size) + bytes(out)
 
 
+_VHDX_METADATA = uuid.UUID('8B7CA206-4790-4B9A-B8FE-575F050F886E').bytes_le
+_VHDX_COMPACT_META = 320 * 1024
+
+
+def _compact_vhdx(data: bytes) -> bytes:
+    """A qemu-made vhdx with its metadata region moved from 3 MiB to 320 KiB.
+
+    The fuzzer's inputs stay under 1 MiB; format_inspector and inspection
+    do not check the region table's CRC, so they read the moved copy.
+    """
+    out = bytearray(data[:_VHDX_COMPACT_META])
+    offset = len(data)
+    for table in (192 * 1024, 256 * 1024):
+        (count,) = struct.unpack('<I', out[table + 8:table + 12])
+        for i in range(min(count, 2047)):
+            entry = table + 16 + 32 * i
+            if out[entry:entry + 16] == _VHDX_METADATA:
+                (offset,) = struct.unpack('<Q', out[entry + 16:entry + 24])
+                out[entry + 16:entry + 24] = struct.pack(
+                    '<Q', _VHDX_COMPACT_META)
+    return bytes(out) + data[offset:offset + 128 * 1024]
+
+
 def build_inspection(out: pathlib.Path, max_len: int,
                      work: pathlib.Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +143,10 @@ def build_inspection(out: pathlib.Path, max_len: int,
                 f.seek(size - 512)
                 data = _fixed_vhd(f.read(512), min(size - 512, 64 * 1024))
             else:
-                data = f.read(min(size, max_len, max(extent, 4096)))
+                data = f.read(min(size, max(extent, 4096)))
+        if len(data) > max_len and data.startswith(b'vhdxfile'):
+            data = _compact_vhdx(data)
+        data = data[:max_len]
         (out / name).write_bytes(data)
     return len(images.ENTRIES)
 

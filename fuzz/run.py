@@ -36,8 +36,8 @@ import time
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGETS = {
     'inspection': ('fuzz.fuzz_inspection', 'inspection.dict',
-                   # The seeds go up to 4 MiB (a vhdx's metadata at 3 MiB).
-                   ['-max_len=4194304']),
+                   # build_corpus cuts the seeds to 1 MiB.
+                   ['-max_len=1048576']),
     'rules': ('fuzz.fuzz_rules', 'rules.dict', ['-max_len=8192']),
 }
 # A hang is an input slower than this many seconds (the checks' own bound
