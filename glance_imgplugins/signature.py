@@ -126,9 +126,9 @@ def _certificate(key_manager: KeyManager, context: Any,
         raise exception.SignatureCertificateRefused(
             certificate=uuid, reason='was not found in the key manager'
         ) from exc
-    except castellan_exception.KeyManagerError as exc:
-        # Unreachable, timed out, 5xx, or a token it refused: retrying can
-        # help, and the staged data must be kept for it.
+    except castellan_exception.CastellanException as exc:
+        # Unreachable, timed out, 5xx, a token it refused (KeyManagerError,
+        # Forbidden): retrying can help, so the staged data is kept.
         raise exception.KeyManagerUnavailable(certificate=uuid) from exc
     except ValueError as exc:
         # castellan's Barbican backend parses a "certificate" secret as PEM

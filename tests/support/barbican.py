@@ -27,13 +27,17 @@ self-signed X.509 certificate stored in Barbican as PEM, and the four
 
 from __future__ import annotations
 
+import atexit
 import base64
 import datetime
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,10 +68,10 @@ paste.app_factory = barbican.api.app:create_main_app
 paste.app_factory = barbican.api.app:create_version_app
 
 [filter:context]
-paste.filter_factory = barbican.api.middleware.context:ContextMiddleware.factory
+paste.filter_factory = {middleware}.context:ContextMiddleware.factory
 
 [filter:microversion]
-paste.filter_factory = barbican.api.middleware.microversion:MicroversionMiddleware.factory
+paste.filter_factory = {middleware}.microversion:MicroversionMiddleware.factory
 
 [filter:authtoken]
 paste.filter_factory = keystonemiddleware.auth_token:filter_factory
@@ -92,7 +96,8 @@ def wsgi_app() -> Any:
     """
     sys.argv = sys.argv[:1]
     from paste import deploy
-    return deploy.loadapp('config:%s' % os.environ['IMGPLUGINS_BARBICAN_PASTE'])
+    paste_ini = os.environ['IMGPLUGINS_BARBICAN_PASTE']
+    return deploy.loadapp('config:%s' % paste_ini)
 
 
 def _free_port() -> int:
@@ -155,7 +160,8 @@ class Barbican:
             '[keystone_authtoken]',
         ] + ['%s = %s' % kv for kv in sorted(auth.items())] + ['']
         self.conf_file.write_text('\n'.join(lines))
-        self.paste_file.write_text(_PASTE_INI)
+        self.paste_file.write_text(_PASTE_INI.format(
+            middleware='barbican.api.middleware'))
 
     def start(self, timeout: float = 90) -> 'Barbican':
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +259,28 @@ class Barbican:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_shared: Barbican | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Barbican:
+    """The Barbican of this process, behind the shared Keystone (started on
+    first use, stopped at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            workdir = tempfile.mkdtemp(prefix='imgplugins-barbican-')
+            barbican = Barbican(workdir)
+
+            def stop() -> None:
+                barbican.stop()
+                shutil.rmtree(workdir, ignore_errors=True)
+
+            atexit.register(stop)
+            _shared = barbican.start()
+        return _shared
 
 
 # --- signing, as a user does -------------------------------------------------
