@@ -61,11 +61,11 @@ def mend_store(glance: GlanceServer, name: str) -> None:
 def run(glance: GlanceServer, scenario: str, *args: str) -> str:
     path = HERE / ('%s.jsonl' % scenario)
     raw = Path(tempfile.mktemp(suffix='.jsonl'))
-    proc = subprocess.run([CLI, *args, '--json', '--interval', '0.1',
+    proc = subprocess.run([CLI, *args, '-f', 'json', '--interval', '0.1',
                            '--record', str(raw)],
                           env=glance.env(ADMIN_TOKEN), capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=300)
-    result = json.loads(proc.stdout.splitlines()[-1])
+    result = json.loads(proc.stdout)
     rows, last = [], None
     for line in raw.read_text().splitlines():
         snap = json.loads(line)
@@ -77,7 +77,7 @@ def run(glance: GlanceServer, scenario: str, *args: str) -> str:
     path.write_text('\n'.join(rows) + '\n')
     print('%-34s exit %d, %d snapshots' % (scenario, proc.returncode,
                                            len(rows)))
-    return str(result['image_id'])
+    return str(result['id'])
 
 
 def main(groups: list[str]) -> None:
@@ -87,7 +87,7 @@ def main(groups: list[str]) -> None:
     raw, qcow2 = make_images(tmp)
     stores = {'fast': ('file', {}), 'bad': ('file', {}),
               'cheap': ('file', {})}
-    three = ['--stores', 'fast,bad,cheap']
+    three = ['--store', 'fast', '--store', 'bad', '--store', 'cheap']
     image = ['--disk-format', 'raw', '--name', 'recorded']
     servers = []
     try:
@@ -99,7 +99,7 @@ def main(groups: list[str]) -> None:
             partial = run(serial, 'serial_allow_failure', 'import',
                           str(raw), *image, *three)
             run(serial, 'serial_must_succeed', 'import', str(raw), *image,
-                *three, '--no-allow-failure')
+                *three, '--disallow-failure')
             mend_store(serial, 'bad')
             run(serial, 'copy_retry_failed', 'copy', partial,
                 '--retry-failed')
@@ -111,7 +111,7 @@ def main(groups: list[str]) -> None:
             run(parallel, 'parallel_allow_failure', 'import', str(raw),
                 *image, *three)
             run(parallel, 'parallel_must_succeed', 'import', str(raw),
-                *image, *three, '--no-allow-failure')
+                *image, *three, '--disallow-failure')
         if 'conversion' in groups:
             converting = GlanceServer(
                 tmp / 'converting', stores=stores,
@@ -121,7 +121,7 @@ def main(groups: list[str]) -> None:
             servers.append(converting.start())
             run(converting, 'serial_conversion', 'import', str(qcow2),
                 '--disk-format', 'qcow2', '--name', 'converted',
-                '--stores', 'fast,cheap')
+                '--store', 'fast', '--store', 'cheap')
     finally:
         for server in servers:
             server.stop()
