@@ -24,7 +24,7 @@ pep8: setup
 	$(PY) tools/license-headers.py --check
 	$(VENV)/bin/ruff check glance_imgplugins tests benchmarks tools fuzz
 	$(VENV)/bin/mypy glance_imgplugins
-	$(VENV)/bin/mypy --strict glance_imgplugins/inspection.py glance_imgplugins/decompression.py glance_imgplugins/qemu_img.py glance_imgplugins/injection_rules.py glance_imgplugins/signature.py glance_imgplugins/multistore glance_imgplugins/cmd/multistore.py fuzz/checks.py fuzz/run.py
+	$(VENV)/bin/mypy --strict glance_imgplugins/inspection.py glance_imgplugins/decompression.py glance_imgplugins/qemu_img.py glance_imgplugins/injection_rules.py glance_imgplugins/guest.py glance_imgplugins/signature.py glance_imgplugins/multistore glance_imgplugins/cmd/multistore.py fuzz/checks.py fuzz/run.py
 
 genconfig: setup
 	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/glance-imgplugins.conf
