@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -432,9 +433,15 @@ def shared() -> Keystone:
     global _shared
     with _shared_lock:
         if _shared is None:
-            workdir = os.environ.get('IMGPLUGINS_KEYSTONE_DIR') or \
-                tempfile.mkdtemp(prefix='imgplugins-keystone-')
+            kept = os.environ.get('IMGPLUGINS_KEYSTONE_DIR')
+            workdir = kept or tempfile.mkdtemp(prefix='imgplugins-keystone-')
             keystone = Keystone(workdir)
-            atexit.register(keystone.stop)
+
+            def stop() -> None:
+                keystone.stop()
+                if not kept:
+                    shutil.rmtree(workdir, ignore_errors=True)
+
+            atexit.register(stop)
             _shared = keystone.start()
         return _shared

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     postgres = Postgres()
     glance = None
     web = None
+    rc = 1
     try:
         keystone.start()
         postgres.start()
@@ -193,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
               'ready in %.0f s' % (keystone.url, glance.url, glance.server,
                                    web_port, time.monotonic() - started),
               flush=True)
-        return run_tempest(workdir, keystone, web_port, manifest,
-                           args.concurrency)
+        rc = run_tempest(workdir, keystone, web_port, manifest,
+                         args.concurrency)
+        return rc
     finally:
         if glance is not None:
             glance.stop()
@@ -203,10 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         ceph.stop()
         postgres.stop()
         keystone.stop()
-        print('run-tempest: %.0f s in all; files in %s' % (
-            time.monotonic() - started, workdir), flush=True)
-        if not args.keep:
-            shutil.rmtree(workdir / 'ceph', ignore_errors=True)
+        elapsed = time.monotonic() - started
+        # Keep the logs of a failed run (and of any run when asked to).
+        if rc == 0 and not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print('run-tempest: %.0f s in all' % elapsed, flush=True)
+        else:
+            if not args.keep:
+                shutil.rmtree(workdir / 'ceph', ignore_errors=True)
+            print('run-tempest: %.0f s in all; logs in %s (tempest/'
+                  'tempest.log, glance/glance-api.log)' % (elapsed, workdir),
+                  flush=True)
 
 
 def run_tempest(workdir: Path, keystone: ks.Keystone, web_port: int,
