@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from oslo_concurrency import processutils
 
@@ -110,23 +110,31 @@ _STDERR_TAIL = 2000
 _ABS_PATH = re.compile(r"(?<![\w)\]])/[\w.+@%~-]+(?:/[\w.+@%~-]*)*")
 
 
-# --- errors (the failure contract, when the operator requires facts) --------
+# --- errors -----------------------------------------------------------------
+#
+# Not ImportFailure subclasses: by default a guest that gives no facts fails
+# nothing.  When the operator requires the facts, the plugin raises the
+# contract's own ContentRefused (``refused``) or Retryable with this text.
 
-class GuestInspectionFailed(exception.Retryable):
+class GuestInspectionError(exception.GlanceImgPluginsError):
     """The appliance could not run or answer; retrying can help."""
 
+    #: Whether the image's content is at fault (retrying cannot help).
+    refused: ClassVar[bool] = False
     msg_fmt = "Guest inspection failed: %(reason)s"
 
 
-class GuestInspectionTimeout(GuestInspectionFailed):
+class GuestInspectionTimeout(GuestInspectionError):
     msg_fmt = ("Guest inspection did not finish within %(timeout)s seconds "
                "([image_introspection] guest_inspection_timeout)")
 
 
-class NoGuestOS(exception.ContentRefused):
-    """The image holds no operating system libguestfs recognises."""
+class NoGuestOS(GuestInspectionError):
+    """The image holds no (single) OS libguestfs recognises."""
 
-    msg_fmt = "No operating system found in the image: %(reason)s: refused"
+    refused = True
+    msg_fmt = ("Guest inspection found no operating system in the image "
+               "(%(reason)s)")
 
 
 # --- limits and facts -------------------------------------------------------
@@ -273,15 +281,15 @@ def parse_report(report: Any, accel: str = 'tcg',
     """:class:`GuestFacts` from a worker report (a decoded JSON object).
 
     Raises :class:`NoGuestOS` when the report has no OS or several (a
-    multi-boot image has no one answer), :class:`GuestInspectionFailed`
+    multi-boot image has no one answer), :class:`GuestInspectionError`
     when the report is malformed.
     """
     if not isinstance(report, dict) or report.get('version') != \
             _REPORT_VERSION:
-        raise GuestInspectionFailed(reason='unexpected worker report')
+        raise GuestInspectionError(reason='unexpected worker report')
     roots = report.get('roots')
     if not isinstance(roots, list):
-        raise GuestInspectionFailed(reason='unexpected worker report')
+        raise GuestInspectionError(reason='unexpected worker report')
     if not roots:
         raise NoGuestOS(reason='no filesystem holds a recognisable OS')
     if len(roots) > 1:
@@ -289,7 +297,7 @@ def parse_report(report: Any, accel: str = 'tcg',
                         'answer' % len(roots))
     root = roots[0]
     if not isinstance(root, dict):
-        raise GuestInspectionFailed(reason='unexpected worker report')
+        raise GuestInspectionError(reason='unexpected worker report')
     os_type = _name(root.get('type')) or 'unknown'
     return GuestFacts(
         os_type=os_type,
@@ -435,7 +443,7 @@ def _run_worker(path: str, qemu_format: str, accel: str, limits: Limits,
                 from None
         stderr = (exc.stderr or '')[-_STDERR_TAIL:]
         if "No module named 'oslo_concurrency" in stderr:
-            raise GuestInspectionFailed(
+            raise GuestInspectionError(
                 reason='the Python interpreter that runs the prlimit wrapper '
                 'has no oslo_concurrency module (see [wsgi] '
                 'python_interpreter)') from None
@@ -445,13 +453,13 @@ def _run_worker(path: str, qemu_format: str, accel: str, limits: Limits,
         lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
         reason = _scrub(lines[-1], names) if lines else \
             'exit status %s' % exc.exit_code
-        raise GuestInspectionFailed(reason=reason[:300]) from None
+        raise GuestInspectionError(reason=reason[:300]) from None
     except OSError as exc:
-        raise GuestInspectionFailed(reason='cannot run the worker: %s' % (
+        raise GuestInspectionError(reason='cannot run the worker: %s' % (
             exc.strerror or 'error')) from None
     report = _last_json(out)
     if report is None:
-        raise GuestInspectionFailed(reason='no report from the worker')
+        raise GuestInspectionError(reason='no report from the worker')
     return report, _launch_failed(report)
 
 
@@ -483,14 +491,14 @@ def inspect_guest(path: str, qemu_format: str, limits: Limits = Limits(),
 
     Raises :class:`GuestInspectionTimeout` past ``limits.timeout``,
     :class:`NoGuestOS` when no single OS is found (including unreadable
-    filesystems), :class:`GuestInspectionFailed` when the appliance cannot
+    filesystems), :class:`GuestInspectionError` when the appliance cannot
     run.  ``name`` replaces ``path`` in every message.
     """
     if limits.accel not in ACCELS:
-        raise GuestInspectionFailed(reason='unknown accelerator %s' %
+        raise GuestInspectionError(reason='unknown accelerator %s' %
                                     (_name(limits.accel) or '?'))
     if not os.path.isfile(path):
-        raise GuestInspectionFailed(reason='%s is not a regular file' % name)
+        raise GuestInspectionError(reason='%s is not a regular file' % name)
     clock = _monotonic()
     accel = chosen_accel(limits.accel)
     names = {path: name}
@@ -507,7 +515,7 @@ def inspect_guest(path: str, qemu_format: str, limits: Limits = Limits(),
     error = _report_error(report, names)
     if error is not None:
         if launch_failed:
-            raise GuestInspectionFailed(reason='the appliance did not start '
+            raise GuestInspectionError(reason='the appliance did not start '
                                         '(%s)' % error)
         raise NoGuestOS(reason=error)
     return parse_report(report, accel=accel,

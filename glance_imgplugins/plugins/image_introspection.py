@@ -311,18 +311,17 @@ class IntrospectImage(base.PluginTask):
             facts = guest.inspect_guest(
                 path, qemu_img.qemu_format(result.format),
                 settings.guest_limits, name=image_id)
-        except exception.ImportFailure as exc:
-            LOG.warning('%s: image %s: guest inspection: %s', PLUGIN,
-                        image_id, exc)
+        except guest.GuestInspectionError as exc:
+            LOG.warning('%s: image %s: %s', PLUGIN, image_id, exc)
             if settings.guest_inspection_required:
-                raise
-            if isinstance(exc, guest.NoGuestOS):
-                note = 'Guest inspection: no operating system found (%s)' % (
-                    exc.kwargs.get('reason'))
-            else:
-                note = str(exc)
-            message.update(note + '; the import goes on without guest facts',
-                           force=True)
+                # The contract's own branches: no OS is the content's
+                # fault (queued, data removed), the rest can be retried.
+                reason = str(exc)[:1].lower() + str(exc)[1:]
+                if exc.refused:
+                    raise exception.ContentRefused(reason=reason) from exc
+                raise exception.Retryable(reason=reason) from exc
+            message.update('%s; the import goes on without guest facts'
+                           % exc, force=True)
             return {}
         props = guest.guest_properties(facts)
         notes = guest.warnings(facts)

@@ -112,8 +112,8 @@ def test_required_and_no_os_refuses_the_image(guests, staging, guest_conf):
     with pytest.raises(glance_exception.UploadException) as err:
         imp.run(PLUGINS)
     assert str(err.value.msg) == (
-        'No operating system found in the image: no filesystem holds a '
-        'recognisable OS: refused')
+        'Image refused: guest inspection found no operating system in the '
+        'image (no filesystem holds a recognisable OS)')
     # ContentRefused: queued, staged data removed, stores failed.
     assert imp.image.status == 'queued'
     assert not imp.staged.exists()
