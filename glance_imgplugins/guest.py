@@ -38,7 +38,9 @@ No oslo.config here: the plugin passes :class:`Limits` from its options.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -358,6 +360,28 @@ def reset_accel() -> None:
     global _auto_accel
     with _accel_lock:
         _auto_accel = None
+
+
+# --- what must be installed --------------------------------------------------
+
+def missing_parts() -> list[str]:
+    """What this host lacks for guest inspection (empty: nothing), for
+    ``check-config``."""
+    missing = []
+    binding = importlib.util.find_spec('guestfs') is not None or \
+        os.path.exists('/usr/lib/python3/dist-packages/guestfs.py')
+    if not binding:
+        missing.append('the libguestfs Python binding (python3-guestfs)')
+    kernels = sorted(glob.glob('/boot/vmlinuz-*'))
+    if not kernels:
+        missing.append('a kernel in /boot for the appliance '
+                       '(linux-image-amd64)')
+    elif not any(os.access(k, os.R_OK) for k in kernels):
+        # Some distributions install kernels mode 0600: supermin, run as the
+        # Glance user, cannot read them.
+        missing.append('read access to a kernel in /boot for this user '
+                       '(it is mode 0600)')
+    return missing
 
 
 # --- running the worker ------------------------------------------------------

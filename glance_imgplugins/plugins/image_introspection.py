@@ -233,8 +233,20 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
                         group.guest_inspection_required))
 
 
+def describe_settings(conf: cfg.ConfigOpts) -> list[str]:
+    """Whether guest inspection runs and how, for ``check-config``."""
+    settings = load_settings(conf)
+    if not settings.guest_inspection:
+        return ['guest inspection: off']
+    limits = settings.guest_limits
+    return ['guest inspection: on (accel %s, timeout %d s, appliance memory '
+            '%d MiB, %s)' % (limits.accel, limits.timeout, limits.memory_mb,
+                             'required' if settings.guest_inspection_required
+                             else 'never fails an import')]
+
+
 SPEC = base.PluginSpec(name=PLUGIN, group=GROUP, opts=introspection_opts,
-                       loader=load_settings)
+                       loader=load_settings, describer=describe_settings)
 SPEC.register(cfg.CONF)
 
 
@@ -244,7 +256,17 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 def check_config(conf: cfg.ConfigOpts) -> list[str]:
     """Problems with this plugin's configuration, for ``check-config``."""
-    return SPEC.check_config(conf)
+    problems = SPEC.check_config(conf)
+    if not problems and conf[GROUP].guest_inspection:
+        missing = guest.missing_parts()
+        if missing:
+            problems.append('[%s] guest_inspection: this host lacks %s'
+                            % (GROUP, ', '.join(missing)))
+    return problems
+
+
+def describe_config(conf: cfg.ConfigOpts) -> list[str]:
+    return SPEC.describe(conf)
 
 
 class IntrospectImage(base.PluginTask):

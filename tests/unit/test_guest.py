@@ -254,3 +254,23 @@ def test_auto_accelerator_is_decided_once_and_logged(caplog):
         assert guest.chosen_accel('kvm') == 'kvm'
     finally:
         guest.reset_accel()
+
+
+def test_check_config_and_describe():
+    from oslo_config import cfg
+
+    from glance_imgplugins.plugins import image_introspection as ii
+    conf = cfg.ConfigOpts()
+    ii.SPEC.register(conf)
+    conf([])
+    assert ii.describe_config(conf) == ['guest inspection: off']
+    conf.set_override('guest_inspection', True, group=ii.GROUP)
+    conf.set_override('guest_inspection_timeout', 60, group=ii.GROUP)
+    # This machine has libguestfs (bindep.txt): nothing missing.
+    assert guest.missing_parts() == []
+    assert ii.check_config(conf) == []
+    assert ii.describe_config(conf) == [
+        'guest inspection: on (accel auto, timeout 60 s, appliance memory '
+        '768 MiB, never fails an import)']
+    conf.set_override('guest_inspection_required', True, group=ii.GROUP)
+    assert ii.describe_config(conf)[0].endswith('MiB, required)')
