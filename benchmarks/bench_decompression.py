@@ -93,6 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--size-mib', type=int, default=256)
     parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--tools', default=','.join(TOOLS),
+                        help='comma-separated, from: %s' % ', '.join(TOOLS))
     args, _ = parser.parse_known_args()
     worst = None
     with tempfile.TemporaryDirectory(dir=os.environ.get('BENCH_DIR')) as d:
@@ -103,6 +105,8 @@ def main() -> None:
         for label, zeros in (('mixed', True), ('dense', False)):
             disk = make_disk(tmp / ('%s.raw' % label), args.size_mib, zeros)
             for tool, (suffix, command) in TOOLS.items():
+                if tool not in args.tools.split(','):
+                    continue
                 packed = tmp / ('%s.raw.%s' % (label, suffix))
                 with open(disk, 'rb') as fin, open(packed, 'wb') as fout:
                     subprocess.run(command + ['-c'], stdin=fin, stdout=fout,
