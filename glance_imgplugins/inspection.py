@@ -482,8 +482,11 @@ def _vmdk_facts(insp: fi.VMDKInspector, f: _Findings,
     disktype = _VMDK_DISKTYPE.get(create_type)
     if disktype:
         f.prop('vmware_disktype', disktype)
-    ddb = dict(re.findall(r'^\s*ddb\.([a-z0-9_.]+)\s*=\s*"([^"\n]{0,64})"',
-                          text, re.MULTILINE))
+    # Blanks within the line only: with \s, "^\s*" started at every line of
+    # a descriptor of newlines and ran to its end (1 MiB of newlines took
+    # minutes; found while bounding the fuzzer's read budget).
+    ddb = dict(re.findall(r'^[ \t]*ddb\.([a-z0-9_.]+)[ \t]*=[ \t]*'
+                          r'"([^"\n]{0,64})"', text, re.MULTILINE))
     adapter = ddb.get('adaptertype')
     if adapter is not None:
         mapped = _VMDK_ADAPTERS.get(adapter)

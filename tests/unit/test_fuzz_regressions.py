@@ -21,6 +21,7 @@ leaking message, so a passing run means something.
 """
 
 import pathlib
+import struct
 import time
 
 import pytest
@@ -47,6 +48,34 @@ def test_rules_input_keeps_every_property(path):
 
 def _inspect(name):
     return checks.check_inspection((DATA / 'inspection' / name).read_bytes())
+
+
+def _vmdk_with_descriptor(filler, size=(1 << 20) - 1):
+    """A sparse VMDK header whose descriptor (at sector 1) is ``size`` long."""
+    header = struct.pack('<4sIIQQQQIQQ', b'KDMV', 1, 3, 32768, 128, 1,
+                         -(-size // 512), 512, 0, 21).ljust(512, b'\0')
+    text = (b'# Disk DescriptorFile\nversion=1\nCID=fffffffe\n'
+            b'parentCID=ffffffff\ncreateType="monolithicSparse"\n')
+    return header + (text + filler * size)[:size] + b'\0' + bytes(4096)
+
+
+def test_vmdk_descriptor_of_newlines_is_linear():
+    # ddb.* lines were found with "^\s*ddb" (MULTILINE): quadratic in a
+    # descriptor of newlines, 12 s for the saved 64 KiB one, about an hour
+    # for the 1 MiB format_inspector allows.
+    start = time.monotonic()
+    result = _inspect('vmdk-descriptor-of-newlines')
+    assert time.monotonic() - start < checks.TIME_BOUND
+    assert result.format == 'vmdk'
+    for filler in (b'\n', b' \n\t', b'ddb.a = \n'):
+        checks.check_inspection(_vmdk_with_descriptor(filler))
+
+
+def test_largest_descriptor_stays_within_the_read_budget():
+    # The largest region format_inspector captures (a 1 MiB VMDK
+    # descriptor) fits inspection.READ_BUDGET with room for the facts.
+    result = checks.check_inspection(_vmdk_with_descriptor(b'#'))
+    assert 1 << 20 < result.bytes_read <= inspection.READ_BUDGET
 
 
 def _rules_error(name, fmt='yaml'):
