@@ -556,8 +556,9 @@ def inspect_file(path: str, limits: Limits = Limits(),
     """Offline (``glance-imgplugins inspect --guest FILE``): the guest facts
     the plugin would set for ``path``, as a JSON-able dict.
 
-    Keys: ``properties`` and ``warnings`` (and ``guest``, ``accel``,
-    ``elapsed_s``) on success, ``error`` otherwise.  Header inspection
+    Keys: ``properties``, ``warnings``, ``guest`` (a summary), ``facts``,
+    ``accel`` and ``elapsed_s`` on success; ``error`` and ``refused`` (the
+    content is at fault) otherwise.  Header inspection
     decides the format and whether the file is safe to hand to qemu, as at
     import; unreadable input raises ``InspectionInputError`` / OSError like
     ``inspection.inspect_file``.
@@ -577,11 +578,11 @@ def inspect_file(path: str, limits: Limits = Limits(),
     try:
         facts = inspect_guest(path, qemu_img.qemu_format(result.format),
                               limits, name=os.path.basename(path))
-    except exception.GlanceImgPluginsError as exc:
-        return {'error': str(exc)}
+    except GuestInspectionError as exc:
+        return {'error': str(exc), 'refused': exc.refused}
     return {'guest': facts.summary(), 'properties': guest_properties(facts),
             'warnings': warnings(facts), 'accel': facts.accel,
-            'elapsed_s': facts.elapsed}
+            'elapsed_s': facts.elapsed, 'facts': dataclasses.asdict(facts)}
 
 
 # --- the worker (runs in its own process, under the limits) -----------------

@@ -312,7 +312,6 @@ class IntrospectImage(base.PluginTask):
                                    if k not in keep})
         return changes
 
-
     def _guest(self, path: str, result: inspection.InspectionResult,
                settings: Settings) -> dict[str, str]:
         """The guest's properties; {} (logged, noted) when there are none
