@@ -19,7 +19,8 @@ raw disk becomes its first sectors) and at most ``--max-len`` bytes (a
 vhdx gets its metadata moved from 3 MiB to 320 KiB to fit); the fixed
 VHD, whose footer is the file's end, is rebuilt 64 KiB long.
 ``OUT_DIR/rules``: the example rules file, the same rules as JSON, and
-small documents for each part of the schema (and an alias bomb).
+small documents for each part of the schema (and an alias bomb).  Both get
+the regression inputs of ``tests/unit/data/fuzz/``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from glance_imgplugins import inspection
 from tests.support import images
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
+_REGRESSIONS = _ROOT / 'tests' / 'unit' / 'data' / 'fuzz'
 # The fuzzer's -max_len: larger inputs cost more than they find.
 DEFAULT_MAX_LEN = 1024 * 1024
 
@@ -148,6 +150,10 @@ def build_inspection(out: pathlib.Path, max_len: int,
             data = _compact_vhdx(data)
         data = data[:max_len]
         (out / name).write_bytes(data)
+    # What broke a property once is where the next bug hides.
+    for found in sorted((_REGRESSIONS / 'inspection').iterdir()):
+        (out / ('regression-' + found.name)).write_bytes(
+            found.read_bytes()[:max_len])
     return len(images.ENTRIES)
 
 
@@ -160,6 +166,8 @@ def build_rules(out: pathlib.Path) -> int:
     seeds['example.json'] = json.dumps(yaml.safe_load(text), indent=2)
     for name, body in seeds.items():
         (out / name).write_text(body)
+    for found in sorted((_REGRESSIONS / 'rules').iterdir()):
+        (out / ('regression-' + found.name)).write_bytes(found.read_bytes())
     return len(seeds)
 
 
