@@ -19,7 +19,8 @@ each), for SECONDS.  A target that finds a crash has the input saved as
 ``WORK/crashes/<target>/crash-<sha1>`` and is restarted on its grown
 corpus (``WORK/corpus/<target>``) until the time is up.  Prints per target
 the executions, coverage (libFuzzer's ``cov``/``ft``), corpus size and
-crashes; exit status 1 when any crash was found.
+crashes; exit status 1 when any crash was found or a target did not
+start.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Stats:
     corpus: int = 0
     runs: int = 0
     crashes: list[str] = dataclasses.field(default_factory=list)
+    # A run that never started fuzzing (atheris missing, an import error).
+    broken: str | None = None
 
 
 def _libfuzzer_args(target: str, work: pathlib.Path,
@@ -105,6 +108,8 @@ def _absorb(target: str, work: pathlib.Path, offset: int,
     if last:
         stats.cov, stats.ft = int(last.group(2)), int(last.group(3))
         stats.corpus = int(last.group(4))
+    elif 'INITED' not in text and 'Test unit written' not in text:
+        stats.broken = '\n'.join(text.splitlines()[-5:])
     return log.stat().st_size
 
 
@@ -126,7 +131,8 @@ def fuzz(targets: list[str], seconds: int,
                 continue
             offsets[t] = _absorb(t, work, offsets[t], stats[t])
             # A crash ends a libFuzzer run: go on with the grown corpus.
-            procs[t] = _start(t, work, deadline, stats[t])
+            procs[t] = None if stats[t].broken else _start(
+                t, work, deadline, stats[t])
     return stats
 
 
@@ -156,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         for crash in s.crashes:
             found = True
             print('  crash: %s' % crash)
-    if found:
+        if s.broken:
+            found = True
+            print('  the fuzzer did not start:\n%s' % s.broken)
+    if any(s.crashes for s in stats.values()):
         print('Reproduce: python -m fuzz.fuzz_<target> CRASH_FILE; fix it, '
               'then add the file to tests/unit/data/fuzz/<target>/.')
     return 1 if found else 0
