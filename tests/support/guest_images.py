@@ -101,6 +101,9 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
 def _tree(guest: Guest, root: pathlib.Path) -> None:
     for d in ('etc', 'usr/bin', 'usr/sbin', 'var/lib', 'boot', 'tmp'):
         (root / d).mkdir(parents=True, exist_ok=True)
+    # A 4 GiB file (sparse: mke2fs -d keeps the hole) nothing may read.
+    with open(root / 'var/huge.img', 'wb') as f:
+        f.truncate(4 << 30)
     if guest.release is None:
         (root / 'data.txt').write_text('just data\n')
         return
