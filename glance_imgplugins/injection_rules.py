@@ -441,7 +441,10 @@ def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
         key_line = key_node.start_mark.line + 1
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
-            raise _LoadError(key_line, 'key %s is not a string' % _shown(key))
+            raise _LoadError(key_line, (
+                'key %s is not a string: quote it' % _shown(key)
+                if isinstance(key, (int, float, datetime.date)) or key is None
+                else 'a key must be a string, not %s' % _kind(key)))
         if key in out:
             raise _LoadError(key_line, 'duplicate key %s (first on line %d)'
                              % (_shown(key), out.key_lines[key]))
