@@ -802,6 +802,11 @@ def _inspect(reader: _Reader, f: _Findings,
             f.failures[str(check)] = str(reason)
     except fi.ImageFormatError as exc:
         f.failures['format_detection'] = str(exc)
+    except Exception:  # noqa: BLE001 - the parser's own bug: refuse
+        # format_inspector's checks parse headers too (struct.error on a
+        # short one); an image its checks cannot read is not safe.
+        f.failures['format_detection'] = (
+            'the %s header cannot be parsed' % name)
 
     head = reader.read(0, 512) if name in ('raw', 'gpt') else b''
     if name == 'raw':
@@ -821,8 +826,15 @@ def _inspect(reader: _Reader, f: _Findings,
         f.virtual_size = 0
     elif name == 'luks':
         f.failures['encryption'] = 'image is LUKS encrypted'
-        payload = int(insp.header_items['payload_offset']) * 512 \
-            if isinstance(insp, fi.LUKSInspector) else 0
+        try:
+            payload = int(insp.header_items['payload_offset']) * 512 \
+                if isinstance(insp, fi.LUKSInspector) else 0
+        except (struct.error, KeyError, ValueError):
+            # The magic matched but the 592-byte header is cut short
+            # (header_items raised struct.error; found by fuzzing).
+            f.failures['format_detection'] = ('luks header is truncated or '
+                                              'corrupt')
+            payload = 0
         f.virtual_size = max(reader.size - payload, 0)
     else:
         f.virtual_size = insp.virtual_size

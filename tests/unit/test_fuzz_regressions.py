@@ -25,6 +25,7 @@ import struct
 import time
 
 import pytest
+from oslo_utils.imageutils import format_inspector as fi
 
 from fuzz import checks
 from glance_imgplugins import exception
@@ -48,6 +49,28 @@ def test_rules_input_keeps_every_property(path):
 
 def _inspect(name):
     return checks.check_inspection((DATA / 'inspection' / name).read_bytes())
+
+
+def test_truncated_luks_header_is_refused_not_a_crash():
+    # LUKS magic, 140 bytes: format_inspector's header_items raised
+    # struct.error.
+    result = _inspect('luks-truncated-header')
+    assert result.format == 'luks'
+    assert set(result.failures) == {'encryption', 'format_detection'}
+    assert result.failures['format_detection'] == (
+        'luks header is truncated or corrupt')
+
+
+def test_a_safety_check_that_crashes_refuses(monkeypatch):
+    # format_inspector's checks parse headers too; one that raises
+    # something else than its own errors makes the image unsafe.
+    def check(self):
+        raise struct.error('unpack requires a buffer of 168 bytes')
+
+    monkeypatch.setattr(fi.RawFileInspector, 'safety_check', check)
+    result = checks.check_inspection(b'\0' * 8192)
+    assert result.failures == {
+        'format_detection': 'the raw header cannot be parsed'}
 
 
 def _vmdk_with_descriptor(filler, size=(1 << 20) - 1):
