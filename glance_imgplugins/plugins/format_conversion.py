@@ -419,7 +419,7 @@ def describe_signatures(conf: cfg.ConfigOpts) -> list[str]:
         # has no signed images to verify, so this is not an error.
         return ['signed images that need converting are verified first, '
                 'but the key manager is not configured (%s); set [%s] '
-                'signed_images explicitly to check it as an error'
+                'signed_images = verify to make this an error, or refuse'
                 % ('; '.join(problems), GROUP)]
     return ['signed images that need converting are verified first with '
             'the %s key manager' % conf.key_manager.backend]

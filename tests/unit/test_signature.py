@@ -278,3 +278,47 @@ def test_key_manager_problems():
     conf.set_override('backend', 'nonexistent', group='key_manager')
     assert signature.key_manager_problems(conf) == [
         '[key_manager] backend: nonexistent cannot be loaded']
+
+
+def _plugin_conf(**values: str) -> cfg.ConfigOpts:
+    from glance_imgplugins.plugins import format_conversion
+    conf = _conf()
+    format_conversion.SPEC.register(conf)
+    for name, value in values.items():
+        conf.set_override(name, value, group='format_conversion')
+    return conf
+
+
+def test_check_config_needs_the_key_manager_when_verify_is_set():
+    from glance_imgplugins.plugins import format_conversion
+    conf = _plugin_conf(signed_images='verify')
+    assert format_conversion.check_config(conf) == [
+        '[barbican] auth_endpoint: not set (the default '
+        'http://localhost/identity/v3 is a guess); signed images are '
+        'verified with the certificate held in Barbican']
+    conf.set_override('auth_endpoint', 'http://keystone.example/v3',
+                      group='barbican')
+    assert format_conversion.check_config(conf) == []
+    assert format_conversion.describe_config(conf) == [
+        'signed images that need converting are verified first with the '
+        'barbican key manager']
+
+
+def test_check_config_default_mode_only_describes():
+    from glance_imgplugins.plugins import format_conversion
+    conf = _plugin_conf()
+    # A cloud without a key manager has no signed images: not an error.
+    assert format_conversion.check_config(conf) == []
+    [line] = format_conversion.describe_config(conf)
+    assert line.startswith('signed images that need converting are '
+                           'verified first, but the key manager is not '
+                           'configured ([barbican] auth_endpoint: not set')
+
+
+def test_check_config_refuse_mode_needs_no_key_manager():
+    from glance_imgplugins.plugins import format_conversion
+    conf = _plugin_conf(signed_images='refuse')
+    assert format_conversion.check_config(conf) == []
+    assert format_conversion.describe_config(conf) == [
+        'signed images that need converting are refused '
+        '([format_conversion] signed_images = refuse)']
