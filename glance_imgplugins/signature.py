@@ -250,16 +250,14 @@ def key_manager_problems(conf: cfg.ConfigOpts) -> list[str]:
         except exception.ConfigError as exc:
             return [str(exc.kwargs['reason'])]
         return []
+    from castellan import options as castellan_options
+    # Registers the [barbican] and [vault] options; sets no value.
+    castellan_options.set_defaults(conf)
     if backend == 'vault':
-        from castellan.key_manager import vault_key_manager
-        conf.register_opts(vault_key_manager._vault_opts, group='vault')
         if not _explicit(conf, 'vault', 'vault_url'):
             return ['[vault] vault_url: not set; signed images are verified '
                     'with the certificate held in Vault']
         return []
-    from castellan.key_manager import barbican_key_manager
-    conf.register_opts(barbican_key_manager._barbican_opts,
-                       group='barbican')
     if not _explicit(conf, 'barbican', 'auth_endpoint'):
         return ['[barbican] auth_endpoint: not set (the default %s is a '
                 'guess); signed images are verified with the certificate '
