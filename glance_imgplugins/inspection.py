@@ -471,15 +471,21 @@ def _vmdk_facts(insp: fi.VMDKInspector, f: _Findings,
     # desc_text (ddb.* lines included): the facts come from that text.
     text = insp.desc_text or ''
     lowered = getattr(insp, 'vmdktype', '')
-    create_type = _VMDK_CREATE_TYPES.get(lowered, lowered)
+    # oslo.utils 10.2 takes all the text after createType=" when the closing
+    # quote is missing (find() is -1): tens of KiB in the failure reason.
+    # Found by fuzzing; such a value names no type.
+    malformed = len(lowered) > 64 or not lowered.isprintable()
+    create_type = None if malformed else _VMDK_CREATE_TYPES.get(lowered,
+                                                                 lowered)
     f.facts['vmdk_create_type'] = create_type
     allowed_l = {a.lower() for a in allowed}
-    if insp.desc_text is not None and lowered not in allowed_l:
+    if insp.desc_text is not None and (malformed or lowered not in allowed_l):
         f.failures['vmdk_create_type'] = (
             'vmdk createType %s is not allowed (allowed: %s)'
-            % (create_type or 'missing', ', '.join(sorted(allowed))))
+            % ('malformed' if malformed else create_type or 'missing',
+               ', '.join(sorted(allowed))))
     f.facts['compressed'] = True if create_type == 'streamOptimized' else None
-    disktype = _VMDK_DISKTYPE.get(create_type)
+    disktype = _VMDK_DISKTYPE.get(create_type or '')
     if disktype:
         f.prop('vmware_disktype', disktype)
     # Blanks within the line only: with \s, "^\s*" started at every line of

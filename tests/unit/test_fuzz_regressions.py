@@ -51,6 +51,15 @@ def _inspect(name):
     return checks.check_inspection((DATA / 'inspection' / name).read_bytes())
 
 
+def test_createtype_without_closing_quote_is_malformed():
+    # format_inspector took the rest of the descriptor as the createType:
+    # the failure reason carried all of it (27 KiB in the fuzzer's input).
+    result = _inspect('vmdk-createtype-no-closing-quote')
+    assert result.facts['vmdk_create_type'] is None
+    assert result.failures['vmdk_create_type'].startswith(
+        'vmdk createType malformed is not allowed')
+
+
 def test_truncated_luks_header_is_refused_not_a_crash():
     # LUKS magic, 140 bytes: format_inspector's header_items raised
     # struct.error.
