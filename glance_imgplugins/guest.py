@@ -37,6 +37,7 @@ No oslo.config here: the plugin passes :class:`Limits` from its options.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import glob
 import importlib
@@ -392,11 +393,22 @@ def _scrub(text: str, names: Mapping[str, str]) -> str:
     return _ABS_PATH.sub('a file', text)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def _new_session() -> None:
     # Own process group (the timeout kills qemu with the worker), and the
     # default SIGPIPE that processutils' own preexec would restore.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.setsid()
+    # A Glance that dies mid-inspection takes the worker with it (the
+    # setting survives the prlimit wrapper's exec; libguestfs' recovery
+    # process then stops qemu).
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _env(accel: str, limits: Limits) -> dict[str, str]:

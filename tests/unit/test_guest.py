@@ -104,7 +104,7 @@ def test_timeout_kills_the_appliance(workdir):
         '([image_introspection] guest_inspection_timeout)')
     # Nothing of the run survives it: no qemu holds the image.
     time.sleep(0.5)
-    ps = subprocess.run(['ps', '-eo', 'args'], capture_output=True,
+    ps = subprocess.run(['ps', '-ww', '-eo', 'args'], capture_output=True,
                         text=True, check=True).stdout
     assert str(path) not in ps
 
@@ -277,3 +277,27 @@ def test_check_config_and_describe():
         '768 MiB, never fails an import)']
     conf.set_override('guest_inspection_required', True, group=ii.GROUP)
     assert ii.describe_config(conf)[0].endswith('MiB, required)')
+
+
+def test_a_dying_parent_takes_the_appliance_with_it(workdir):
+    path = gi.build(gi.GUESTS['debian12'], workdir)
+    code = ('import sys; from glance_imgplugins import guest; '
+            'guest.inspect_guest(sys.argv[1], "raw", '
+            'guest.Limits(accel="tcg", timeout=120))')
+    parent = subprocess.Popen([guest.sys.executable, '-c', code, str(path)])
+
+    def running() -> bool:
+        ps = subprocess.run(['ps', '-ww', '-eo', 'args'], capture_output=True,
+                            text=True, check=True).stdout
+        return 'WORKER raw %s' % path in ps
+
+    deadline = time.monotonic() + 30
+    while not running():
+        assert time.monotonic() < deadline, 'the worker never started'
+        time.sleep(0.2)
+    parent.kill()   # Glance killed mid-inspection
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while running():
+        assert time.monotonic() < deadline, 'the worker outlived Glance'
+        time.sleep(0.2)
