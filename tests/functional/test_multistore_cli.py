@@ -487,9 +487,13 @@ def test_api_killed_mid_import_lost_then_stuck(glance: GlanceServer,
          '-f', 'json'], env=glance.env(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
-        time.sleep(2)
+        assert watcher.stderr is not None
+        # Kill once the watch is under way (its first progress line).
+        first = watcher.stderr.readline()
+        assert first.startswith('[00:0'), first
         _kill(glance)
         out, err = watcher.communicate(timeout=60)
+        err = first + err
     finally:
         if watcher.poll() is None:
             watcher.kill()
