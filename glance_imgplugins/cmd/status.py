@@ -31,28 +31,22 @@ INTERRUPTED = 130  # Ctrl-C: we stopped watching, the import goes on
 
 #: (status, meaning) in the order the documentation lists them.
 TABLE = (
-    (OK, 'success: every requested store holds the image (inspect: the '
-         'image is safe; check-config: no problem)'),
-    (NOT_STARTED, 'nothing was started: the API refused the request, '
-                  'authentication failed, the API or Keystone cannot be '
-                  'reached, unknown store or image (check-config: '
-                  'problems found)'),
+    (OK, 'success'),
+    (NOT_STARTED, 'nothing was started (refused, authentication, API or '
+                  'Keystone unreachable, unknown store or image)'),
     (USAGE, 'bad command line'),
-    (PARTIAL, 'allow-failure: the image is usable, some stores failed'),
-    (FAILED, 'the import task failed'),
-    (LOST, 'lost contact with the Image API while watching, after retries; '
-           'the import goes on, the printed watch command resumes'),
-    (STUCK, 'the import task stopped moving for longer than the import '
-            'lock expiry while the image is importing'),
-    (UNREADABLE, 'inspect: the input cannot be read as an image file (a '
-                 'FIFO, a device, missing, changed while read)'),
-    (UNSAFE, 'inspect: an import would refuse the image'),
-    (INTERRUPTED, 'Ctrl-C: the command stopped; an import goes on in '
-                  'Glance and the printed watch command resumes'),
+    (PARTIAL, 'some stores failed under allow-failure'),
+    (FAILED, 'the import failed'),
+    (LOST, 'lost contact with the Image API while watching (the import '
+           'goes on; the printed watch command resumes)'),
+    (STUCK, 'the import is stuck (its task stopped moving)'),
+    (UNREADABLE, 'inspect: unreadable input'),
+    (UNSAFE, 'inspect: the image would be refused'),
+    (INTERRUPTED, 'Ctrl-C (an import goes on; watch resumes)'),
 )
 
 
 def epilog() -> str:
     """The exit-status table for ``--help`` epilogs."""
     return 'exit status: ' + '; '.join(
-        '%d %s' % (code, text.split(':')[0]) for code, text in TABLE)
+        '%d %s' % (code, text) for code, text in TABLE) + '.'

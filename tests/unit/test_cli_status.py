@@ -1,0 +1,35 @@
+"""One meaning per exit status, and the documentation lists each one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from glance_imgplugins.cmd import status
+
+DOC = Path(__file__).resolve().parents[2] / 'doc' / 'source' / \
+    'multistore.rst'
+
+
+def test_statuses_are_distinct() -> None:
+    codes = [code for code, _text in status.TABLE]
+    assert len(codes) == len(set(codes))
+    assert sorted(codes) == codes
+    assert set(codes) == {status.OK, status.NOT_STARTED, status.USAGE,
+                          status.PARTIAL, status.FAILED, status.LOST,
+                          status.STUCK, status.UNREADABLE, status.UNSAFE,
+                          status.INTERRUPTED}
+
+
+def test_documented_table_matches() -> None:
+    text = DOC.read_text()
+    table = text.split('Exit status\n===========\n', 1)[1].split('\n\n')
+    rows = [block for block in table if block.startswith('=====  ')][0]
+    documented = [int(m) for m in re.findall(r'^(\d+)\s{2,}', rows, re.M)]
+    assert documented == [code for code, _text in status.TABLE]
+
+
+def test_epilog_names_every_status() -> None:
+    epilog = status.epilog()
+    for code, text in status.TABLE:
+        assert '%d %s' % (code, text) in epilog
