@@ -118,3 +118,22 @@ def test_console_script(corpus):
     assert proc.returncode == status.UNSAFE
     assert json.loads(proc.stdout)['failures'] == ['descriptor']
     assert proc.stderr == ''
+
+
+def test_console_script_without_cli_extra(corpus):
+    """cliff missing (as without the [cli] extra): main() falls back."""
+    code = ('import sys; sys.modules["cliff"] = None; '
+            'from glance_imgplugins.cmd import main; '
+            'sys.exit(main.main(sys.argv[1:]))')
+    path = str(corpus.path('vmdk_extent_host_path'))
+    proc = subprocess.run([sys.executable, '-c', code, 'inspect', '-f',
+                           'json', path], capture_output=True, text=True)
+    assert proc.returncode == status.UNSAFE, proc.stderr
+    assert json.loads(proc.stdout)['failures'] == ['descriptor']
+    proc = subprocess.run([sys.executable, '-c', code, 'watch', 'x'],
+                          capture_output=True, text=True)
+    assert proc.returncode == status.NOT_STARTED
+    assert proc.stderr == (
+        "glance-imgplugins: error: the watch command needs the CLI "
+        "libraries (cliff is not installed): install them with: pip "
+        "install 'glance-imgplugins[cli]'\n")
