@@ -229,6 +229,16 @@ class KeyManagerUnavailable(Retryable):
                "try the import again later")
 
 
+class SignatureCertificateForbidden(Retryable):
+    """The key manager refused the importing user access to the signing
+    certificate; access can be granted and the import retried."""
+
+    msg_fmt = ("Import failed: the key manager refused access to the image "
+               "signing certificate %(certificate)s for the importing user; "
+               "give the image owner's project access to it and try the "
+               "import again")
+
+
 # --- retryable: the machinery -----------------------------------------------
 
 class QemuImgError(Retryable):

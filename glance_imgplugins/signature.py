@@ -117,6 +117,22 @@ class Verified:
         return moved
 
 
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a castellan error: its Barbican backend wraps
+    the client's error without keeping the code."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        # barbicanclient's status_code, keystoneauth's http_status.
+        code = getattr(seen, 'status_code', None) or getattr(
+            seen, 'http_status', None)
+        if isinstance(code, int):
+            return code
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _certificate(key_manager: KeyManager, context: Any,
                  sig: Signature) -> x509.Certificate:
     uuid = sig.certificate_uuid
@@ -127,8 +143,11 @@ def _certificate(key_manager: KeyManager, context: Any,
             certificate=uuid, reason='was not found in the key manager'
         ) from exc
     except castellan_exception.CastellanException as exc:
-        # Unreachable, timed out, 5xx, a token it refused (KeyManagerError,
-        # Forbidden): retrying can help, so the staged data is kept.
+        # Unreachable, timed out, 5xx, access refused: retrying can help,
+        # so the staged data is kept.
+        if _http_status(exc) in (401, 403):
+            raise exception.SignatureCertificateForbidden(
+                certificate=uuid) from exc
         raise exception.KeyManagerUnavailable(certificate=uuid) from exc
     except ValueError as exc:
         # castellan's Barbican backend parses a "certificate" secret as PEM

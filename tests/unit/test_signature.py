@@ -202,15 +202,18 @@ def test_key_type_must_match_the_certificate(qcow2, signer, cert_uuid,
 def test_another_project_cannot_read_the_certificate(qcow2, signer,
                                                      cert_uuid, barbican,
                                                      manager):
-    # dave's project does not own alice's secret: Barbican says 403 (or
-    # 404), never a verification against a certificate he cannot read.
+    # dave's project does not own alice's secret: Barbican 23 answers 403.
     dave = oslo_context.RequestContext(
         auth_token=barbican.keystone.token('dave'),
         project_id='partner-project')
     sig = _sig(signer, qcow2, cert_uuid)
-    with pytest.raises((exception.SignatureCertificateRefused,
-                        exception.KeyManagerUnavailable)):
+    with pytest.raises(exception.SignatureCertificateForbidden) as err:
         signature.verify_file(str(qcow2), sig, dave, manager)
+    assert str(err.value) == (
+        "Import failed: the key manager refused access to the image signing "
+        "certificate %s for the importing user; give the image owner's "
+        "project access to it and try the import again" % cert_uuid)
+    assert err.value.status == 'uploading' and err.value.keep_staged
 
 
 def test_key_manager_unreachable_is_retryable(qcow2, signer, cert_uuid,
