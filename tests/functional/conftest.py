@@ -1,4 +1,5 @@
-"""Fixtures for the functional layer: a real Glance 33 per test module."""
+"""Fixtures for the functional layer: a real Glance 33 per test module,
+behind the session's real Keystone (``tests.support.keystone.shared()``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.support import keystone
 from tests.support.glance_server import GlanceServer
 
 
@@ -43,3 +45,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                         report.sections.append(
                             ('glance log %s' % server.url,
                              server.log_tail() + '\n' + server.stacks()))
+        # A 401/403 is decided by Keystone: show its side too.
+        if keystone._shared is not None:
+            report.sections.append(('keystone log %s' % keystone._shared.url,
+                                    keystone._shared.log_tail(20)))
