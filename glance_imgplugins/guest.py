@@ -453,10 +453,31 @@ class _Killer:
     def _killpg(self) -> None:
         if self._proc is None:
             return
+        # qemu runs in a process group of its own (libguestfs) but in the
+        # worker's session: kill the whole session.
+        for pid in [self._proc.pid] + _session_members(self._proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes of session ``sid`` (read from /proc)."""
+    members = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
         try:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            with open('/proc/%s/stat' % entry, 'rb') as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp session ...": comm may hold spaces.
+        fields = stat[stat.rfind(b')') + 2:].split()
+        if len(fields) > 3 and fields[3] == str(sid).encode():
+            members.append(int(entry))
+    return members
 
 
 def _run_worker(path: str, qemu_format: str, accel: str, limits: Limits,
