@@ -138,6 +138,25 @@ Related options:
 ]
 
 
+def granularity_problem(granularity: int, chunk: int) -> str | None:
+    """Why ``rbd_sparse_granularity`` cannot be used with objects of
+    ``chunk`` bytes (None: it can)."""
+    if granularity & (granularity - 1) or granularity > chunk:
+        return ('rbd_sparse_granularity must be a power of two between %d '
+                'and the object size (%d bytes), not %d'
+                % (MIN_GRANULARITY, chunk, granularity))
+    return None
+
+
+def check_store_config(conf: cfg.ConfigOpts, group: str) -> list[str]:
+    """Rules beyond the option types, for ``glance-imgplugins
+    check-config`` (no connection to Ceph)."""
+    section = conf[group]
+    problem = granularity_problem(int(section.rbd_sparse_granularity),
+                                  int(section.rbd_store_chunk_size) * units.Mi)
+    return ['[%s] %s' % (group, problem)] if problem else []
+
+
 def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     """Options of this driver beyond upstream rbd's, for the sample config.
 
@@ -343,12 +362,10 @@ class Store(upstream.Store):
             raise exceptions.BadStoreConfiguration(
                 store_name=self._name(), reason=str(e)) from e
         chunk = int(self.store_conf.rbd_store_chunk_size) * units.Mi
-        if granularity & (granularity - 1) or granularity > chunk:
+        problem = granularity_problem(granularity, chunk)
+        if problem:
             raise exceptions.BadStoreConfiguration(
-                store_name=self._name(),
-                reason='rbd_sparse_granularity must be a power of two between '
-                       '%d and the object size (%d bytes), not %d'
-                       % (MIN_GRANULARITY, chunk, granularity))
+                store_name=self._name(), reason=problem)
         self.granularity = granularity
         super().configure_add()
 

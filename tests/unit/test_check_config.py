@@ -259,6 +259,15 @@ def test_rbd_sparse_store_options_are_read(tmp_path):
             "(glance_imgplugins.stores.rbd_sparse:Store)" in report.ok)
 
 
+def test_rbd_sparse_granularity_must_be_a_power_of_two(tmp_path):
+    pytest.importorskip('rados')
+    etc = rbd_conf(tmp_path / 'etc', extra='rbd_sparse_granularity = 12288\n')
+    report = check_config.check([], [str(etc)])
+    assert report.errors == [
+        "store 'ceph': [ceph] rbd_sparse_granularity must be a power of two "
+        "between 4096 and the object size (8388608 bytes), not 12288"]
+
+
 def test_unknown_store_driver_is_reported(tmp_path):
     api = API_CONF.replace('fast:file, cheap:file', 'fast:file, odd:flie')
     etc = write_conf(tmp_path / 'etc', api=api)
