@@ -621,6 +621,22 @@ def _python_problem(python: str) -> str | None:
 
 # --- the core ----------------------------------------------------------------
 
+def check_staging(raw: dict[str, dict[str, dict[str, list[str]]]],
+                  report: Report) -> None:
+    """Staging written thick costs disk and time on every copy-image."""
+    value = _raw_value(raw, 'os_glance_staging_store',
+                       'filesystem_thin_provisioning')
+    if value is not None and value.strip().lower() in ('true', '1', 'yes',
+                                                       'on'):
+        return
+    report.warnings.append(
+        '[os_glance_staging_store] filesystem_thin_provisioning is off: '
+        'copy-image and web-download stage every zero byte (a 4 GiB image '
+        'holding 238 MiB took 4096 MiB of staging, measured; on, Glance\'s '
+        'zero test costs about 4.5 s per GiB of zeros instead); see '
+        'rbd_sparse.html#staging-thin-provisioning')
+
+
 def check(config_files: Sequence[str] = (),
           config_dirs: Sequence[str] | None = None) -> Report:
     """Check what glance-api would read from these files and directories.
@@ -656,6 +672,7 @@ def check(config_files: Sequence[str] = (),
     check_plugins(options, report)
     check_stores(options, raw, report)
     check_interpreter(raw, report)
+    check_staging(raw, report)
     _check_names(raw, options, report)
     _check_values(raw, options, report)
     return report

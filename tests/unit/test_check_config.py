@@ -43,6 +43,7 @@ filesystem_store_datadir = {tmp}/cheap
 
 [os_glance_staging_store]
 filesystem_store_datadir = {tmp}/staging
+filesystem_thin_provisioning = True
 
 [wsgi]
 python_interpreter = {python}
@@ -384,3 +385,16 @@ def test_missing_config_is_an_error(tmp_path):
     assert proc.stderr == ('ERROR  no configuration files found in %s (give '
                            '--config-dir or --config-file)\n'
                            % (tmp_path / 'nowhere'))
+
+
+def test_thick_staging_is_a_warning_with_its_cost(tmp_path):
+    api = API_CONF.replace('filesystem_thin_provisioning = True\n', '')
+    etc = write_conf(tmp_path / 'etc', api=api)
+    report = check_config.check([], [str(etc)])
+    assert report.errors == []
+    assert report.warnings == [
+        '[os_glance_staging_store] filesystem_thin_provisioning is off: '
+        'copy-image and web-download stage every zero byte (a 4 GiB image '
+        'holding 238 MiB took 4096 MiB of staging, measured; on, Glance\'s '
+        'zero test costs about 4.5 s per GiB of zeros instead); see '
+        'rbd_sparse.html#staging-thin-provisioning']
