@@ -83,11 +83,17 @@ class Violation(AssertionError):
     """An input broke a property (libFuzzer saves it as a crash)."""
 
 
-def _clean(text: str, what: str) -> None:
+# A value the rules loader quotes from the file ('...', quotes escaped):
+# the user's own text, which may hold anything, "b'" included.
+_QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'""")
+
+
+def _clean(text: str, what: str, quoted_input: bool = False) -> None:
     if len(text) > MAX_MESSAGE:
         raise Violation('%s is %d characters long: %s...'
                         % (what, len(text), text[:200]))
-    leak = _LEAKS.search(text)
+    leak = _LEAKS.search(_QUOTED.sub("'...'", text) if quoted_input
+                         else text)
     if leak:
         raise Violation('%s leaks %r: %s' % (what, leak.group(0), text))
 
@@ -279,7 +285,7 @@ def check_rules(data: bytes) -> list[object]:
         if (rules, error, line) != _load(name, data):
             raise Violation('load_rules(%s) is not deterministic' % name)
         if error is not None:
-            _clean(error, 'rules error')
+            _clean(error, 'rules error', quoted_input=True)
             if line is None and not _NO_LINE.search(error) and (
                     name.endswith('.yaml') or _json_lines_known(data)):
                 raise Violation('rules error without a line: %s' % error)

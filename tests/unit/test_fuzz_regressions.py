@@ -216,5 +216,10 @@ def test_check_catches_a_foreign_exception(monkeypatch):
 def test_check_catches_a_leaking_message():
     with pytest.raises(checks.Violation, match='leaks'):
         checks._clean("bad signature b'QFI\\xfb'", 'failure reason')
+    # The user's own text, quoted by the rules loader, may hold anything;
+    # a repr outside the quotes is still caught.
+    checks._clean("unknown key 'protect:%b'", 'rules error', True)
+    with pytest.raises(checks.Violation, match='leaks'):
+        checks._clean("expected a string, got b'x'", 'rules error', True)
     with pytest.raises(checks.Violation, match='characters long'):
         checks._clean('x' * (checks.MAX_MESSAGE + 1), 'failure reason')
