@@ -282,6 +282,13 @@ def staged_path(file_path: str) -> str:
     return file_path
 
 
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still put on ``path``'s
+    filesystem."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def remove_file(path: str | None) -> None:
     if not path:
         return

@@ -3,6 +3,10 @@ behind the session's real Keystone (``tests.support.keystone.shared()``)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
+import pathlib
+import threading
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -25,6 +29,22 @@ def glance_factory(tmp_path_factory: pytest.TempPathFactory
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope='module')
+def http_dir(tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[pathlib.Path, int]]:
+    """A loopback web server for web-download, in a thread: the folder it
+    serves and its port."""
+    root = tmp_path_factory.mktemp('www')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(root))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, server.server_address[1]
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.hookimpl(hookwrapper=True)

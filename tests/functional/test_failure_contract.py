@@ -20,14 +20,11 @@ Glance's ``inject_image_metadata``.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import pathlib
 import signal
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -60,20 +57,6 @@ BAD_OPTIONS = {
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> images.Corpus:
     return images.Corpus(tmp_path_factory.mktemp('corpus'))
-
-
-@pytest.fixture(scope='module')
-def http_dir(tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[tuple[pathlib.Path, int]]:
-    root = tmp_path_factory.mktemp('www')
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                                directory=str(root))
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, server.server_address[1]
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope='module')
