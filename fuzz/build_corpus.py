@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pathlib
 import struct
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('out', type=pathlib.Path)
     parser.add_argument('--max-len', type=int, default=DEFAULT_MAX_LEN)
     args = parser.parse_args(argv)
+    # format_inspector logs each refused seed's failed check: noise here.
+    logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix='fuzz-seeds-') as work:
         n = build_inspection(args.out / 'inspection', args.max_len,
                              pathlib.Path(work))
