@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('out', type=pathlib.Path)
     parser.add_argument('--max-len', type=int, default=DEFAULT_MAX_LEN)
     args = parser.parse_args(argv)
-    # format_inspector logs each refused seed's failed check: noise here.
-    logging.disable(logging.WARNING)
+    # format_inspector logs (warning, error) each refused seed: noise here.
+    logging.disable(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix='fuzz-seeds-') as work:
         n = build_inspection(args.out / 'inspection', args.max_len,
                              pathlib.Path(work))
