@@ -14,15 +14,17 @@
 
 Each is a directory tree (os-release of a distribution, an ELF binary, the
 files that say qemu-guest-agent / cloud-init / zipl are installed) turned
-into a real filesystem with ``mke2fs -d`` (no mount, no appliance: a few
-milliseconds, where ``virt-make-fs`` boots the libguestfs appliance for
-~15 s), optionally inside a GPT disk with an EFI System Partition (vfat made
-by ``mkfs.vfat`` and filled by ``mcopy``).  Nothing is downloaded.
+into a real filesystem with ``mke2fs -d`` or ``mkfs.xfs -p`` (no mount,
+no appliance: milliseconds, where ``virt-make-fs`` boots the libguestfs
+appliance for ~15 s), optionally inside a GPT disk with an EFI System
+Partition (vfat made by ``mkfs.vfat`` and filled by ``mcopy``).  Nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import shutil
 import struct
@@ -70,6 +72,8 @@ class Guest:
     zipl: bool = False
     esp_loader: bool = False
     corrupt: bool = False
+    #: ext4 (mke2fs -d) or xfs (mkfs.xfs -p with a protofile of the tree).
+    fs: str = 'ext4'
     expected: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -84,15 +88,15 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
               'os_version': '22.04', 'hw_architecture': 'x86_64',
               'architecture': 'x86_64', 'hw_firmware_type': 'uefi',
               'hw_machine_type': 'q35', 'img_cloud_init': 'yes'}),
-    Guest('fedora39', release='fedora39', agent=True, expected={
+    Guest('fedora39', release='fedora39', agent=True, fs='xfs', expected={
         'os_type': 'linux', 'os_distro': 'fedora', 'os_version': '39',
         'hw_architecture': 'x86_64', 'architecture': 'x86_64',
         'hw_qemu_guest_agent': 'yes', 'img_cloud_init': 'no'}),
     Guest('s390x_zipl', release='sles15', machine=EM_S390, big_endian=True,
           zipl=True, cloud_init=True, expected={
               'os_type': 'linux', 'os_distro': 'sles',
-              'os_version': '15.5', 'hw_architecture': 's390x', 'architecture': 's390x',
-              'img_cloud_init': 'yes'}),
+              'os_version': '15.5', 'hw_architecture': 's390x',
+              'architecture': 's390x', 'img_cloud_init': 'yes'}),
     Guest('no_os', release=None),
     Guest('corrupt', corrupt=True),
 )}
@@ -101,9 +105,11 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
 def _tree(guest: Guest, root: pathlib.Path) -> None:
     for d in ('etc', 'usr/bin', 'usr/sbin', 'var/lib', 'boot', 'tmp'):
         (root / d).mkdir(parents=True, exist_ok=True)
-    # A 4 GiB file (sparse: mke2fs -d keeps the hole) nothing may read.
-    with open(root / 'var/huge.img', 'wb') as f:
-        f.truncate(4 << 30)
+    if guest.fs == 'ext4':
+        # A 4 GiB file (sparse: mke2fs -d keeps the hole; mkfs.xfs -p
+        # would copy every byte) nothing may read.
+        with open(root / 'var/huge.img', 'wb') as f:
+            f.truncate(4 << 30)
     if guest.release is None:
         (root / 'data.txt').write_text('just data\n')
         return
@@ -116,7 +122,8 @@ def _tree(guest: Guest, root: pathlib.Path) -> None:
     if distro == 'debian':
         (root / 'etc/debian_version').write_text('%s.5\n' % version)
     # libguestfs counts a filesystem as a Linux root only with one of these.
-    (root / 'etc/fstab').write_text('LABEL=root / ext4 defaults 0 1\n')
+    (root / 'etc/fstab').write_text('LABEL=root / %s defaults 0 1\n'
+                                    % guest.fs)
     (root / 'etc/hosts').write_text('127.0.0.1 localhost\n')
     elf = elf_header(guest.machine, guest.big_endian)
     for binary in ('ls', 'sh', 'true'):
@@ -146,6 +153,34 @@ def _ext4(tree: pathlib.Path, out: pathlib.Path, size: int) -> None:
          str(out), '%dK' % (size // 1024))
 
 
+def _proto_lines(path: pathlib.Path, depth: int) -> list[str]:
+    """mkfs.xfs protofile entries for the children of ``path``."""
+    lines = []
+    pad = ' ' * depth
+    for child in sorted(path.iterdir()):
+        if child.is_symlink():
+            lines.append('%s%s l--777 0 0 %s' % (pad, child.name,
+                                                 os.readlink(child)))
+        elif child.is_dir():
+            lines.append('%s%s d--755 0 0' % (pad, child.name))
+            lines += _proto_lines(child, depth + 1)
+            lines.append('%s$' % pad)
+        else:
+            mode = child.stat().st_mode & 0o777
+            lines.append('%s%s ---%o 0 0 %s' % (pad, child.name, mode,
+                                                child))
+    return lines
+
+
+def _xfs(tree: pathlib.Path, out: pathlib.Path, size: int) -> None:
+    proto = out.with_suffix('.proto')
+    proto.write_text('\n'.join(['/dev/null', '0 0', 'd--755 0 0']
+                               + _proto_lines(tree, 1) + ['$', '']))
+    with open(out, 'wb') as f:
+        f.truncate(size)
+    _run('mkfs.xfs', '-q', '-f', '-L', 'root', '-p', str(proto), str(out))
+
+
 def _esp(out: pathlib.Path, size: int) -> None:
     _run('mkfs.vfat', '-C', '-n', 'ESP', str(out), str(size // 1024))
     loader = out.with_suffix('.efi')
@@ -170,8 +205,11 @@ def build(guest: Guest, workdir: pathlib.Path) -> pathlib.Path:
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
     _tree(guest, tree)
-    root_fs = workdir / (guest.name + '.ext4')
-    _ext4(tree, root_fs, 48 * MiB)
+    root_fs = workdir / (guest.name + '.' + guest.fs)
+    if guest.fs == 'xfs':
+        _xfs(tree, root_fs, 300 * MiB)   # mkfs.xfs' minimum size
+    else:
+        _ext4(tree, root_fs, 48 * MiB)
     if guest.corrupt:
         # Zero the primary superblock and the group descriptors: no
         # filesystem is recognisable, nothing mounts.
