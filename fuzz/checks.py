@@ -28,7 +28,9 @@ it):
 4. the same bytes give the same result twice;
 5. failure reasons a user reads are short and hold no host path or Python
    repr;
-6. safe and of format F means ``format_inspector.detect_file_format`` also
+6. for a vhdx, ``vhdx_payload_bytes`` (the size guard's BAT reader) holds
+   1-4 too, within ``VHDX_PAYLOAD_BUDGET``;
+7. safe and of format F means ``format_inspector.detect_file_format`` also
    says F and its safety check passes.  Documented exceptions (the core
    adds to detection, it never relaxes it):
 
@@ -187,10 +189,38 @@ def check_inspection(data: bytes, memfile: MemFile | None = None
         _clean(result.failure_summary(), 'failure reason')
         if result.safe:
             _oslo_agrees(path, result)
+        if result.format == 'vhdx':
+            _check_vhdx_payload(path)
         return result
     finally:
         if own:
             mf.close()
+
+
+# vhdx_payload_bytes: two headers, the region and metadata tables (64 KiB
+# each), at most 2047 items of 8 bytes, then the BAT.
+VHDX_PAYLOAD_BUDGET = inspection.VHDX_BAT_BUDGET + 256 * 1024
+
+
+def _check_vhdx_payload(path: str) -> None:
+    """The BAT reader the size guard uses on a vhdx: same properties."""
+    with _CountingPread() as counter:
+        start = time.monotonic()
+        try:
+            payload = inspection.vhdx_payload_bytes(path)
+        except Exception as exc:
+            raise Violation('vhdx_payload_bytes raised %s: %s'
+                            % (type(exc).__name__, exc)) from exc
+        elapsed = time.monotonic() - start
+    if elapsed > TIME_BOUND:
+        raise Violation('vhdx_payload_bytes took %.2f s' % elapsed)
+    if counter.total > VHDX_PAYLOAD_BUDGET:
+        raise Violation('vhdx_payload_bytes read %d bytes, budget %d'
+                        % (counter.total, VHDX_PAYLOAD_BUDGET))
+    if payload is not None and payload < 0:
+        raise Violation('vhdx_payload_bytes says %d' % payload)
+    if payload != inspection.vhdx_payload_bytes(path):
+        raise Violation('vhdx_payload_bytes is not deterministic')
 
 
 def _oslo_agrees(path: str, result: inspection.InspectionResult) -> None:
