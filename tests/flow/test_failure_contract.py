@@ -225,8 +225,8 @@ def test_formats_we_do_not_take_are_content_refusals(make_import, declared):
 def test_declared_gpt_without_a_gpt(make_import):
     imp = make_import('raw_plain', disk_format='gpt')
     assert_failed(imp, PLUGINS, 'Image declared as disk_format gpt but its '
-                  'content is raw without a valid GPT: refused', status='queued',
-                  staged_kept=False)
+                  'content is raw without a valid GPT: refused',
+                  status='queued', staged_kept=False)
 
 
 def test_unsafe_image(make_import):
