@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import time
 from typing import Any
 
@@ -199,9 +198,7 @@ def test_api_killed_mid_import_leaves_nothing_after_delete(
         time.sleep(0.2)
     # Everything Glance runs (workers, qemu-img) dies at once, as in a
     # crash or an OOM kill of the service.
-    os.killpg(glance._proc.pid, signal.SIGKILL)
-    glance._proc.wait(timeout=30)
-    glance._proc = None
+    glance.kill()
     monkeypatch.setenv('PATH', os.environ['PATH'].split(':', 1)[1])
     glance.start()
     # Nothing of ours but the staged upload itself is in staging.

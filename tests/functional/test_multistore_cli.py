@@ -472,11 +472,8 @@ def test_ctrl_c_stops_watching_only(glance: GlanceServer,
 
 def _kill(glance: GlanceServer) -> None:
     """SIGKILL the whole server (master and workers), as a crash would."""
-    proc = glance._proc
-    assert proc is not None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    glance._proc = None
+    assert glance._proc is not None
+    glance.kill()
 
 
 def test_api_killed_mid_import_lost_then_stuck(glance: GlanceServer,

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from tests.support import keystone as ks
+from tests.support import process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
@@ -417,14 +418,13 @@ class GlanceServer:
         if proc is None or proc.poll() is not None:
             return
         # gunicorn runs in its own session: stop it and its workers by pgid.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        process.stop_session(proc)
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it runs (workers, qemu-img),
+        as a crash or an OOM kill would; ``start()`` brings it back."""
+        proc, self._proc = self._proc, None
+        process.stop_session(proc, signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()
