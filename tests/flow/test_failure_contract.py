@@ -317,18 +317,24 @@ def _slow_convert(tmp_path: pathlib.Path, seconds: float) -> str:
     return str(path)
 
 
-def test_output_has_no_name_while_qemu_img_writes(make_import, monkeypatch,
-                                                  tmp_path):
+def _listing_convert(tmp_path: pathlib.Path) -> tuple[str, pathlib.Path]:
+    """A qemu-img whose convert, once its output is written, lists the
+    staging folder into the returned file."""
     record = tmp_path / 'listing'
     wrapper = tmp_path / 'qemu-img'
-    # Lists the staging folder from inside the convert, after writing.
     wrapper.write_text(
         '#!/bin/sh\nif [ "$1" = convert ]; then qemu-img "$@" || exit $?; '
         'for a; do src="$prev"; prev="$a"; done; '
         'ls "$(dirname "$src")" > %s; exit 0; fi\nexec qemu-img "$@"\n'
         % record)
     wrapper.chmod(0o755)
-    monkeypatch.setattr(qemu_img, 'QEMU_IMG', str(wrapper))
+    return str(wrapper), record
+
+
+def test_output_has_no_name_while_qemu_img_writes(make_import, monkeypatch,
+                                                  tmp_path):
+    wrapper, record = _listing_convert(tmp_path)
+    monkeypatch.setattr(qemu_img, 'QEMU_IMG', wrapper)
     imp = make_import('vdi')
     imp.run(PLUGINS)
     # While qemu-img ran (its output complete), staging held only the
@@ -340,15 +346,8 @@ def test_output_has_no_name_while_qemu_img_writes(make_import, monkeypatch,
 
 def test_named_output_where_o_tmpfile_cannot_be_used(make_import,
                                                      monkeypatch, tmp_path):
-    record = tmp_path / 'listing'
-    wrapper = tmp_path / 'qemu-img'
-    wrapper.write_text(
-        '#!/bin/sh\nif [ "$1" = convert ]; then qemu-img "$@" || exit $?; '
-        'for a; do src="$prev"; prev="$a"; done; '
-        'ls "$(dirname "$src")" > %s; exit 0; fi\nexec qemu-img "$@"\n'
-        % record)
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(qemu_img, 'QEMU_IMG', str(wrapper))
+    wrapper, record = _listing_convert(tmp_path)
+    monkeypatch.setattr(qemu_img, 'QEMU_IMG', wrapper)
     imp = make_import('vdi')
     monkeypatch.setitem(format_conversion._tmpfile_ok,
                         (str(imp.staged.parent.resolve()), ''), False)
