@@ -495,6 +495,29 @@ class PluginTask(task.Task):
         if isinstance(result, PropertyChanges):
             result.undo(action)
 
+    def fail_after_replacing(self, action: Any, src: str | None,
+                             replaced: bool,
+                             forget: Callable[[], Mapping[str, Any]]
+                             ) -> bool:
+        """A later task failed after this task may have replaced the staged
+        data with its output (``replaced``).  Where that data stays staged
+        (glance-direct), the image keeps describing it, so a retry needs no
+        second pass; where it is gone or the download task removes it,
+        ``forget()`` takes back what described it and returns attributes to
+        restore.  Returns whether the staged data is kept."""
+        downloaded = self.request.import_method in DOWNLOAD_METHODS
+        kept = src is not None and os.path.exists(src)
+        restore: dict[str, Any] = {}
+        if kept and src:
+            restore['size'] = os.stat(src).st_size
+        if replaced and (downloaded or not kept):
+            restore.update(forget())
+        fail_import(action, self.request.stores,
+                    status=revert_status(self.request.import_method,
+                                         keep_staged=kept),
+                    restore=restore)
+        return kept and not downloaded
+
 
 # --- the task message ----------------------------------------------------
 

@@ -299,21 +299,16 @@ class DecompressImage(base.PluginTask):
         src = base.staged_path(file_path) if file_path else None
         if src:
             base.remove_file(src + OUTPUT_SUFFIX)
-        downloaded = self.request.import_method in base.DOWNLOAD_METHODS
-        kept = src is not None and os.path.exists(src)
-        restore: dict[str, Any] = {}
-        if src is not None and kept:
-            restore['size'] = os.stat(src).st_size
-        if self._decompressed and (downloaded or not kept):
+
+        def forget() -> dict[str, Any]:
             # New data will be uploaded or downloaded: the record of this
             # upload's container goes with it.
             self._changes.undo(action)
+            return {}
+
         # Else the decompressed data stays staged (the container recorded):
         # a glance-direct retry imports it without decompressing again.
-        base.fail_import(action, self.request.stores,
-                         status=base.revert_status(
-                             self.request.import_method, keep_staged=kept),
-                         restore=restore)
+        self.fail_after_replacing(action, src, self._decompressed, forget)
 
 
 def get_flow(**kwargs: Any) -> lf.Flow:

@@ -820,31 +820,23 @@ class ConvertImage(base.PluginTask):
         src = base.staged_path(file_path) if file_path else None
         if src:
             remove_outputs(src)
-        downloaded = self.request.import_method in base.DOWNLOAD_METHODS
-        kept = src is not None and os.path.exists(src)
-        restore: dict[str, Any] = {}
-        if kept and src:
-            restore['size'] = os.stat(src).st_size
-        if self._converted and (downloaded or not kept):
-            # The download task's revert removes the staged data: the image
-            # goes back to what the user declared, for a new download.
-            restore.update(self.restore_attributes(action, None))
+
+        def forget() -> dict[str, Any]:
+            # The image goes back to what the user declared.
             action.pop_extra_property(ORIGINAL_FORMAT_PROPERTY)
             if self._verified is not None:
                 # The original comes back: so does its signature.
                 self._restore_signature(action, self._verified)
+            return self.restore_attributes(action, None)
+
         # Else the converted data stays staged under its own disk_format
-        # (the original format stays recorded): a glance-direct retry then
-        # imports it without converting again.
-        base.fail_import(action, self.request.stores,
-                         status=base.revert_status(
-                             self.request.import_method, keep_staged=kept),
-                         restore=restore)
+        # (the original format recorded): a glance-direct retry imports it
+        # without converting again.
+        kept = self.fail_after_replacing(action, src, self._converted, forget)
         LOG.info('%s: image %s reverted after a later task failed; staged '
                  'data %s', PLUGIN, self.request.image_id,
                  ('kept (converted) for a retry' if self._converted else
-                  'kept for a retry') if kept and not downloaded else
-                 'left to the download task' if downloaded else 'gone')
+                  'kept for a retry') if kept else 'not kept')
 
 
 def get_flow(**kwargs: Any) -> lf.Flow:
