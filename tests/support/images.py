@@ -71,13 +71,15 @@ LINUX_TYPE = uuid.UUID('0FC63DAF-8483-4772-8E79-3D69D8477DE4')
 Builder = Callable[[pathlib.Path, str], pathlib.Path]
 
 
-# qemu times PBKDF2 with getrusage() to pick the LUKS iteration count and,
-# on a busy machine, sometimes measures nothing: a known transient failure.
+# qemu times PBKDF2 with getrusage() to pick the LUKS iteration count and
+# its first round often takes less than one clock tick: "measured nothing"
+# fails about 40 % of attempts here, busy or not.  Twenty-five attempts
+# leave one build in 10^10 to chance.
 _TRANSIENT = b'Unable to get accurate CPU usage'
 
 
 def qemu_img(*args: str) -> None:
-    for _attempt in range(5):
+    for _attempt in range(25):
         proc = subprocess.run(('qemu-img',) + args, capture_output=True)
         if proc.returncode == 0:
             return

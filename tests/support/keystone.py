@@ -217,7 +217,10 @@ class Keystone:
         out = open(self.workdir / 'gunicorn.log', 'ab')
         self._proc = subprocess.Popen(
             [str(BIN_DIR / 'gunicorn'), '--bind', '127.0.0.1:%d' % self.port,
-             '--workers', '1', '--threads', '4', '--timeout', '120',
+             # One thread: sqlite takes one writer, and concurrent token
+             # requests (Tempest's two workers) failed with "database is
+             # locked" under load.
+             '--workers', '1', '--threads', '1', '--timeout', '120',
              '--no-control-socket', 'tests.support.keystone:wsgi_app()'],
             cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
