@@ -131,41 +131,21 @@ class InspectImage(_Command):
     auth_required = False
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        from glance_imgplugins import inspection
+        from glance_imgplugins.cmd import inspect as cmd_inspect
 
         parser = super().get_parser(prog_name)
-        parser.add_argument('file', metavar='FILE',
-                            help='Image file to inspect.')
-        parser.add_argument(
-            '--vmdk-allowed-type', dest='vmdk_allowed_types',
-            action='append', metavar='TYPE',
-            help="Allowed vmdk createType (repeatable; default: %s, as "
-                 "Glance's [image_format] vmdk_allowed_types)."
-                 % ', '.join(inspection.DEFAULT_VMDK_ALLOWED_TYPES))
-        parser.add_argument(
-            '--guest', action='store_true',
-            help='Also inspect the guest OS with libguestfs (read-only '
-                 'appliance; about 25 s without KVM) and show the '
-                 'properties guest inspection would set.')
+        cmd_inspect.add_arguments(parser)
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         from glance_imgplugins.cmd import inspect as cmd_inspect
 
-        result = cmd_inspect.inspect(parsed_args.file,
-                                     parsed_args.vmdk_allowed_types)
-        data = result.to_dict()
-        if getattr(parsed_args, 'guest', False):
-            from glance_imgplugins import guest
-
-            data['guest'] = guest.inspect_file(
-                parsed_args.file,
-                vmdk_allowed_types=parsed_args.vmdk_allowed_types)
-        self._status = st.OK if result.safe else st.UNSAFE
-        names = tuple(data)
+        report = cmd_inspect.collect(parsed_args)
+        self._status = report.status
+        names = tuple(report.data)
         values = tuple(DictColumn(v) if isinstance(v, (dict, list)) else v
-                       for v in data.values())
+                       for v in report.data.values())
         return names, values
 
 

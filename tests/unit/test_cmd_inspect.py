@@ -149,3 +149,56 @@ def test_console_script_without_cli_extra(corpus):
         "glance-imgplugins: error: the watch command needs the CLI "
         "libraries (cliff is not installed): install them with: pip "
         "install 'glance-imgplugins[cli]'\n")
+
+
+def _options(parser):
+    return sorted((a.dest, tuple(a.option_strings), a.help)
+                  for a in parser._actions
+                  if a.dest not in ('help', 'output', 'formatter', 'columns',
+                                    'variables', 'noindent', 'prefix',
+                                    'max_width', 'fit_width', 'print_empty',
+                                    'sort_columns', 'sort_direction'))
+
+
+def test_both_front_ends_have_the_same_arguments():
+    """One definition (cmd/inspect.add_arguments): what the cliff command
+    accepts, the fallback accepts too."""
+    import argparse
+
+    from glance_imgplugins.cmd import inspect as cmd_inspect
+    from glance_imgplugins.osc import commands
+
+    cliff_parser = commands.InspectImage(
+        main.build_app(), None).get_parser('glance-imgplugins inspect')
+    top = argparse.ArgumentParser()
+    cmd_inspect.register(top.add_subparsers())
+    fallback = top._subparsers._group_actions[0].choices['inspect']
+    assert _options(cliff_parser) == _options(fallback)
+    assert '--guest' in fallback._option_string_actions
+
+
+def test_fallback_guest_on_an_unsafe_file_names_why(corpus, capsys):
+    # Header inspection refuses first, as at import: no appliance starts.
+    path = str(corpus.path('qcow2_data_file'))
+    assert main._fallback(['inspect', '--guest', path], 'cliff') == 8
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == ('guest         not inspected: the image is unsafe '
+                       '(data_file (Image has data_file set))')
+
+
+def test_fallback_guest_inspects_the_guest(tmp_path, capsys):
+    """The fallback's --guest runs the same guest.inspect_file as the
+    cliff command (one appliance launch, ~25 s under TCG)."""
+    from tests.support import guest_images as gi
+
+    path = gi.build(gi.GUESTS['debian12'], tmp_path)
+    assert main._fallback(['inspect', '--guest', '-f', 'json', str(path)],
+                          'cliff') == 0
+    found = json.loads(capsys.readouterr().out)['guest']
+    assert found['properties'] == dict(gi.GUESTS['debian12'].expected)
+    assert found['guest'] == 'debian 12, x86_64'
+    assert found['warnings'] == []
+    from glance_imgplugins import guest
+    assert guest.guest_properties(guest.GuestFacts(**found['facts'])) == \
+        found['properties']
+    assert found['accel'] in ('kvm', 'tcg')
