@@ -150,6 +150,16 @@ class SignatureCertificateRefused(SignatureRefused):
                "%(certificate)s %(reason)s: refused")
 
 
+class SignatureCertificateUntrusted(SignatureRefused):
+    """Certificate validation is on (``[format_conversion]
+    signature_certificate_validation``) and the signing certificate is
+    outside its validity dates or does not chain to a trusted certificate
+    authority."""
+
+    msg_fmt = ("Image signature verification failed: certificate "
+               "%(certificate)s is not trusted: %(reason)s: refused")
+
+
 class SignatureAlgorithmUnsupported(SignatureRefused):
     msg_fmt = ("Image signature verification failed: %(property)s %(value)s "
                "is not supported (supported: %(supported)s): refused")

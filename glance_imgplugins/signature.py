@@ -19,8 +19,17 @@ the import plugins ran.  A converted image therefore always fails there.
 original, with the same pieces: cursive's properties, hash methods and key
 types, the certificate fetched through castellan with the import's request
 context, an X.509 certificate whose public key must match the key type.
-Like Glance (and unlike Nova's ``[glance] enable_certificate_validation``)
-it does not check the certificate's validity dates or its chain.
+Like Glance, it does not check the certificate's validity dates or its
+chain by default; with a :class:`Trust` (``[format_conversion]
+signature_certificate_validation``, as Nova's ``[glance]
+enable_certificate_validation``) the certificate must be within its dates
+and chain to one of the trusted CA certificates, checked with cursive's
+``certificate_utils``.
+
+:func:`verify_file` fetches the certificates from the key manager;
+:func:`verify_file_with` takes them as loaded (``glance-imgplugins inspect
+--signature``, offline).  Both build the verifier with
+:func:`verifier_for` and read the file with the same loop.
 
 Every failure is one of the package's named errors: a refusal of the
 content (:class:`~glance_imgplugins.exception.SignatureRefused` and its
@@ -32,12 +41,15 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import datetime
 import hashlib
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from castellan.common import exception as castellan_exception
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cursive import certificate_utils
 from cursive import exception as cursive_exception
 from cursive import signature_utils
 from oslo_config import cfg
@@ -97,6 +109,10 @@ def supported_hash_methods() -> list[str]:
     return sorted(signature_utils.HASH_METHODS)
 
 
+#: RSA-PSS mask generation functions cursive knows (it uses MGF1).
+MASK_GEN_ALGORITHMS = sorted(signature_utils.MASK_GEN_ALGORITHMS)
+
+
 def supported_key_types() -> list[str]:
     return sorted(signature_utils.SignatureKeyType.REGISTERED_TYPES)
 
@@ -108,6 +124,11 @@ class Verified:
     signature: Signature
     sha256: str
     size: int
+    #: The signing certificate's subject (RFC 4514) and SHA-256 fingerprint.
+    subject: str = ''
+    fingerprint: str = ''
+    #: Whether its chain and dates were checked (a :class:`Trust` given).
+    trusted: bool = False
 
     def moved_properties(self) -> dict[str, str]:
         """``img_original_signature*`` and ``img_original_sha256``."""
@@ -133,9 +154,18 @@ def _http_status(exc: BaseException) -> int | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Trust:
+    """Certificate validation (``signature_certificate_validation``): the
+    signing certificate must be within its validity dates and chain to one
+    of these CA certificates (key manager ids, as Nova's ``[glance]
+    default_trusted_certificate_ids``)."""
+
+    certificate_ids: tuple[str, ...]
+
+
 def _certificate(key_manager: KeyManager, context: Any,
-                 sig: Signature) -> x509.Certificate:
-    uuid = sig.certificate_uuid
+                 uuid: str) -> x509.Certificate:
     try:
         cert = key_manager.get(context, uuid)
     except castellan_exception.ManagedObjectNotFoundError as exc:
@@ -167,13 +197,70 @@ def _certificate(key_manager: KeyManager, context: Any,
         ) from exc
 
 
-def make_verifier(sig: Signature, context: Any,
-                  key_manager: KeyManager) -> Any:
-    """cursive's verifier for ``sig``, every failure a named error.
+#: Where the trusted certificate ids are configured (for the messages).
+TRUSTED_IDS = '[format_conversion] signature_trusted_certificate_ids'
 
-    The cheap checks (encoding, hash method, key type) come first, so a
-    typo is refused without asking the key manager.
-    """
+
+def _trusted_certificates(key_manager: KeyManager, context: Any,
+                          trust: Trust
+                          ) -> list[tuple[str, x509.Certificate]]:
+    """The trusted CA certificates, fetched with the importing user's
+    context as Nova does.  One that cannot be used is the operator's to
+    fix: retryable (the staged data is kept), never a content refusal."""
+    if not trust.certificate_ids:
+        raise exception.ConfigError(
+            reason='%s: empty while signature_certificate_validation is on, '
+                   'no certificate can be trusted' % TRUSTED_IDS)
+    found = []
+    for uuid in trust.certificate_ids:
+        try:
+            found.append((uuid, _certificate(key_manager, context, uuid)))
+        except exception.SignatureCertificateForbidden as exc:
+            raise exception.ConfigError(
+                reason='%s: certificate %s cannot be read by the importing '
+                       'user (give every project access to it)'
+                       % (TRUSTED_IDS, uuid)) from exc
+        except exception.SignatureCertificateRefused as exc:
+            raise exception.ConfigError(reason='%s: certificate %s %s' % (
+                TRUSTED_IDS, uuid, exc.kwargs['reason'])) from exc
+    return found
+
+
+def _when(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).strftime(
+        '%Y-%m-%d %H:%M:%S UTC')
+
+
+def check_trust(certificate: x509.Certificate, name: str,
+                trusted: Sequence[tuple[str, x509.Certificate]]) -> None:
+    """Refuse ``certificate`` unless it is within its validity dates and
+    chains to one of ``trusted`` (cursive's ``certificate_utils``: CA and
+    key-usage extensions of the signers, their dates, path lengths)."""
+    if not certificate_utils.is_within_valid_dates(certificate):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if now < certificate.not_valid_before_utc:
+            reason = 'it is not valid before %s' % _when(
+                certificate.not_valid_before_utc)
+        else:
+            reason = 'it expired on %s' % _when(
+                certificate.not_valid_after_utc)
+        raise exception.SignatureCertificateUntrusted(
+            certificate=name, reason=reason)
+    chain = certificate_utils.CertificateVerificationContext(
+        list(trusted), enforce_valid_dates=True,
+        enforce_signing_extensions=True, enforce_path_length=True)
+    try:
+        chain.update(certificate)
+        chain.verify()
+    except cursive_exception.SignatureVerificationError as exc:
+        raise exception.SignatureCertificateUntrusted(
+            certificate=name,
+            reason='it does not chain to a trusted certificate authority'
+        ) from exc
+
+
+def _decoded(sig: Signature) -> tuple[bytes, Any]:
+    """The cheap checks: the raw signature and cursive's key type."""
     try:
         raw_signature = base64.decode_as_bytes(sig.signature)
     except (TypeError, binascii.Error) as exc:
@@ -191,7 +278,19 @@ def make_verifier(sig: Signature, context: Any,
         raise exception.SignatureAlgorithmUnsupported(
             property=KEY_TYPE, value=sig.key_type,
             supported=', '.join(supported_key_types()))
-    public_key = _certificate(key_manager, context, sig).public_key()
+    return raw_signature, key_type
+
+
+def verifier_for(sig: Signature, certificate: x509.Certificate,
+                 trusted: Sequence[tuple[str, x509.Certificate]] | None = None
+                 ) -> Any:
+    """cursive's verifier for ``sig`` with ``certificate`` (named by
+    ``sig.certificate_uuid`` in messages), after :func:`check_trust` when
+    ``trusted`` is given; every failure a named error."""
+    raw_signature, key_type = _decoded(sig)
+    if trusted is not None:
+        check_trust(certificate, sig.certificate_uuid, trusted)
+    public_key = certificate.public_key()
     if not isinstance(public_key, key_type.public_key_type):
         raise exception.SignatureCertificateRefused(
             certificate=sig.certificate_uuid,
@@ -210,11 +309,36 @@ def make_verifier(sig: Signature, context: Any,
     return verifier
 
 
-def verify_file(path: str, sig: Signature, context: Any,
-                key_manager: KeyManager, chunk_size: int = CHUNK
-                ) -> Verified:
-    """Verify ``sig`` over the file at ``path``; one read, sha256 too."""
-    verifier = make_verifier(sig, context, key_manager)
+def _fetch(sig: Signature, context: Any, key_manager: KeyManager,
+           trust: Trust | None
+           ) -> tuple[x509.Certificate,
+                      list[tuple[str, x509.Certificate]] | None]:
+    """The signing certificate (and the trusted ones) from the key
+    manager.  The cheap checks (encoding, hash method, key type) come
+    first, so a typo is refused without asking the key manager."""
+    _decoded(sig)
+    certificate = _certificate(key_manager, context, sig.certificate_uuid)
+    trusted = None
+    if trust is not None:
+        trusted = _trusted_certificates(key_manager, context, trust)
+    return certificate, trusted
+
+
+def make_verifier(sig: Signature, context: Any, key_manager: KeyManager,
+                  trust: Trust | None = None) -> Any:
+    """:func:`verifier_for` with the certificates from the key manager."""
+    return verifier_for(sig, *_fetch(sig, context, key_manager, trust))
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, as ``openssl x509 -fingerprint
+    -sha256`` prints it."""
+    return certificate.fingerprint(hashes.SHA256()).hex(':').upper()
+
+
+def _read(path: str, sig: Signature, verifier: Any, chunk_size: int,
+          certificate: x509.Certificate, trusted: bool) -> Verified:
+    """Feed the file to ``verifier`` (one streamed read, sha256 too)."""
     digest = hashlib.sha256()
     size = 0
     with open(path, 'rb') as src:
@@ -230,7 +354,42 @@ def verify_file(path: str, sig: Signature, context: Any,
     except crypto_exceptions.InvalidSignature as exc:
         raise exception.SignatureMismatch(
             certificate=sig.certificate_uuid) from exc
-    return Verified(signature=sig, sha256=digest.hexdigest(), size=size)
+    return Verified(signature=sig, sha256=digest.hexdigest(), size=size,
+                    subject=certificate.subject.rfc4514_string(),
+                    fingerprint=fingerprint(certificate), trusted=trusted)
+
+
+def verify_file(path: str, sig: Signature, context: Any,
+                key_manager: KeyManager, chunk_size: int = CHUNK,
+                trust: Trust | None = None) -> Verified:
+    """Verify ``sig`` over the file at ``path``, the certificates fetched
+    from ``key_manager`` with ``context``; one read, sha256 too."""
+    certificate, trusted = _fetch(sig, context, key_manager, trust)
+    verifier = verifier_for(sig, certificate, trusted)
+    return _read(path, sig, verifier, chunk_size, certificate,
+                 trusted is not None)
+
+
+def verify_file_with(path: str, sig: Signature,
+                     certificate: x509.Certificate,
+                     trusted: Sequence[tuple[str, x509.Certificate]] | None
+                     = None, chunk_size: int = CHUNK) -> Verified:
+    """Verify ``sig`` over the file at ``path`` with a certificate already
+    loaded (offline); ``trusted``: check its dates and chain first."""
+    verifier = verifier_for(sig, certificate, trusted)
+    return _read(path, sig, verifier, chunk_size, certificate,
+                 trusted is not None)
+
+
+def load_certificate(data: bytes, name: str) -> x509.Certificate:
+    """A PEM certificate file's content (what Barbican accepts); anything
+    else is refused as the same secret in the key manager would be."""
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise exception.SignatureCertificateRefused(
+            certificate=name,
+            reason='is not a PEM-encoded X.509 certificate') from exc
 
 
 # --- the key manager --------------------------------------------------------

@@ -302,8 +302,46 @@ Possible values:
 
 Related options:
     * output_format
+    * signature_certificate_validation
     * [key_manager] backend
     * [barbican] auth_endpoint, barbican_endpoint
+"""),
+    cfg.BoolOpt('signature_certificate_validation',
+                default=False,
+                help="""
+Also validate the signing certificate of a signed image that is verified
+before converting (``signed_images = verify``): it must be within its
+validity dates and chain to one of ``signature_trusted_certificate_ids``
+(cursive's certificate validation, as Nova's ``[glance]
+enable_certificate_validation``).  Glance itself validates no certificate.
+An expired, not yet valid or untrusted certificate is refused by name.
+
+Possible values:
+    * False: any certificate holding the right key type is accepted, as
+      Glance does (default)
+    * True: only certificates issued by a trusted certificate authority
+
+Related options:
+    * signature_trusted_certificate_ids
+    * signed_images
+"""),
+    cfg.ListOpt('signature_trusted_certificate_ids',
+                default=[],
+                help="""
+Key manager ids (Barbican secret UUIDs) of the CA certificates a signing
+certificate must chain to when ``signature_certificate_validation`` is on,
+as Nova's ``[glance] default_trusted_certificate_ids``.  They are read with
+the importing user's token, so every project that imports signed images
+must be able to read them (a Barbican ACL or a shared project).  Each must
+be a CA certificate (basic constraints CA, key usage keyCertSign) within
+its dates.
+
+Possible values:
+    * A comma-separated list of ids (default: empty; check-config reports
+      an error when certificate validation is on and this is empty)
+
+Related options:
+    * signature_certificate_validation
 """),
 ]
 
@@ -322,6 +360,8 @@ class Settings:
     vmdk_allowed_types: tuple[str, ...]
     gpt_nonfatal: frozenset[str]
     signed_images: str = 'verify'
+    #: Certificate validation (None: off, as Glance).
+    signature_trust: signature.Trust | None = None
 
 
 def _glance_image_format(conf: cfg.ConfigOpts) -> tuple[tuple[str, ...],
@@ -386,6 +426,9 @@ def load_settings(conf: cfg.ConfigOpts) -> Settings:
         vmdk_allowed_types=vmdk_allowed,
         gpt_nonfatal=gpt_nonfatal,
         signed_images=group.signed_images,
+        signature_trust=signature.Trust(
+            tuple(group.signature_trusted_certificate_ids))
+        if group.signature_certificate_validation else None,
     )
 
 
@@ -402,9 +445,16 @@ class ConversionSpec(base.PluginSpec):
 
     def check_config(self, conf: cfg.ConfigOpts) -> list[str]:
         problems = super().check_config(conf)
-        if problems or not _verifies_explicitly(conf):
+        validates = (conf[GROUP].signature_certificate_validation and
+                     conf[GROUP].signed_images == 'verify')
+        if problems or not (validates or _verifies_explicitly(conf)):
             return problems
-        return signature.key_manager_problems(conf)
+        if validates and not conf[GROUP].signature_trusted_certificate_ids:
+            problems.append(
+                '[%s] signature_trusted_certificate_ids: empty while '
+                'signature_certificate_validation is on: every signed image '
+                'that needs converting would fail' % GROUP)
+        return problems + signature.key_manager_problems(conf)
 
 
 def describe_signatures(conf: cfg.ConfigOpts) -> list[str]:
@@ -421,8 +471,14 @@ def describe_signatures(conf: cfg.ConfigOpts) -> list[str]:
                 'but the key manager is not configured (%s); set [%s] '
                 'signed_images = verify to make this an error, or refuse'
                 % ('; '.join(problems), GROUP)]
+    trusted = conf[GROUP].signature_trusted_certificate_ids
     return ['signed images that need converting are verified first with '
-            'the %s key manager' % conf.key_manager.backend]
+            'the %s key manager%s' % (
+                conf.key_manager.backend,
+                ', their certificates validated against %d trusted '
+                'certificate%s' % (len(trusted), '' if len(trusted) == 1
+                                   else 's')
+                if conf[GROUP].signature_certificate_validation else '')]
 
 
 SPEC = ConversionSpec(name=PLUGIN, group=GROUP, opts=conversion_opts,
@@ -774,7 +830,8 @@ class ConvertImage(base.PluginTask):
             raise exception.SignedImageNeedsConversion(
                 declared=declared, target=settings.output_format)
         verified = signature.verify_file(
-            src, sig, self.request.context, signature.key_manager(self.conf))
+            src, sig, self.request.context, signature.key_manager(self.conf),
+            trust=settings.signature_trust)
         LOG.info('%s: image %s: signature verified over the %s original '
                  '(certificate %s, sha256 %s)', PLUGIN, image.image_id,
                  declared, sig.certificate_uuid, verified.sha256)

@@ -277,9 +277,14 @@ def shared() -> Barbican:
 # --- signing, as a user does -------------------------------------------------
 
 class Signer:
-    """An RSA key and its self-signed certificate (PEM)."""
+    """An RSA key and its certificate (PEM): self-signed, or issued by
+    ``issuer`` (another Signer); ``ca`` makes it a certificate authority
+    (basic constraints CA, key usage keyCertSign) that can issue others.
+    ``valid_from`` / ``valid_until``: days from now (default -1, +30)."""
 
-    def __init__(self, common_name: str = 'imgplugins test signer') -> None:
+    def __init__(self, common_name: str = 'imgplugins test signer',
+                 issuer: 'Signer | None' = None, ca: bool = False,
+                 valid_from: int = -1, valid_until: int = 30) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -289,13 +294,27 @@ class Signer:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                              common_name)])
         now = datetime.datetime.now(datetime.timezone.utc)
-        self.cert = (x509.CertificateBuilder()
-                     .subject_name(name).issuer_name(name)
-                     .public_key(self.key.public_key())
-                     .serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1))
-                     .not_valid_after(now + datetime.timedelta(days=30))
-                     .sign(self.key, hashes.SHA256()))
+        builder = (x509.CertificateBuilder()
+                   .subject_name(name)
+                   .issuer_name(issuer.cert.subject if issuer else name)
+                   .public_key(self.key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(
+                       days=valid_from))
+                   .not_valid_after(now + datetime.timedelta(
+                       days=valid_until)))
+        if ca:
+            builder = builder.add_extension(
+                x509.BasicConstraints(ca=True, path_length=None),
+                critical=True).add_extension(
+                x509.KeyUsage(digital_signature=False,
+                              content_commitment=False,
+                              key_encipherment=False, data_encipherment=False,
+                              key_agreement=False, key_cert_sign=True,
+                              crl_sign=True, encipher_only=False,
+                              decipher_only=False), critical=True)
+        self.cert = builder.sign(issuer.key if issuer else self.key,
+                                 hashes.SHA256())
 
     def pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization

@@ -16,6 +16,7 @@ The cliff command (what ``glance-imgplugins inspect`` and ``openstack image
 inspect`` run) and the argparse fallback used without the [cli] extra.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -202,3 +203,115 @@ def test_fallback_guest_inspects_the_guest(tmp_path, capsys):
     assert guest.guest_properties(guest.GuestFacts(**found['facts'])) == \
         found['properties']
     assert found['accel'] in ('kvm', 'tcg')
+
+
+# --- --signature: offline verification ------------------------------------
+
+@pytest.fixture(scope='module')
+def signed(tmp_path_factory):
+    """A CA, a leaf it issued, a qcow2 signed with the leaf (PEM files)."""
+    from tests.support import barbican as bb
+
+    work = tmp_path_factory.mktemp('signed')
+    ca = bb.Signer('inspect test CA', ca=True)
+    leaf = bb.Signer('inspect leaf', issuer=ca)
+    raw = images.write_seed(work / 'seed.raw')
+    disk = work / 'disk.qcow2'
+    images.qemu_img('convert', '-f', 'raw', '-O', 'qcow2', str(raw),
+                    str(disk))
+    (work / 'ca.pem').write_bytes(ca.pem())
+    (work / 'leaf.pem').write_bytes(leaf.pem())
+    (work / 'other-ca.pem').write_bytes(
+        bb.Signer('other CA', ca=True).pem())
+    signature = leaf.sign(disk.read_bytes())
+    (work / 'sig.b64').write_text(signature + '\n')
+    return work, leaf, signature
+
+
+def _fingerprint(signer):
+    from cryptography.hazmat.primitives import hashes
+    return signer.cert.fingerprint(hashes.SHA256()).hex(':').upper()
+
+
+def test_signature_verified_offline(signed, capsys):
+    work, leaf, signature = signed
+    code, data = _json(capsys, str(work / 'disk.qcow2'), '--signature',
+                       signature, '--certificate', str(work / 'leaf.pem'))
+    assert code == status.OK
+    assert data['signature'] == (
+        'verified (RSA-PSS, SHA-256, certificate CN=inspect leaf, SHA-256 '
+        'fingerprint %s)' % _fingerprint(leaf))
+    assert data['signature_verified'] is True
+
+
+def test_signature_with_trusted_certificate(signed, capsys):
+    """--trusted-certificate: dates and chain, as
+    signature_certificate_validation does at import (fallback front end:
+    the table row)."""
+    work, leaf, _sig = signed
+    disk, cert = str(work / 'disk.qcow2'), str(work / 'leaf.pem')
+    code = main._fallback(['inspect', disk, '--signature',
+                           '@%s' % (work / 'sig.b64'), '--certificate', cert,
+                           '--trusted-certificate', str(work / 'ca.pem')],
+                          'cliff')
+    out = capsys.readouterr()
+    assert code == status.OK
+    assert out.out.splitlines()[-1] == (
+        'signature     verified (RSA-PSS, SHA-256, certificate CN=inspect '
+        'leaf, SHA-256 fingerprint %s, within its dates and chained to a '
+        'trusted certificate)' % _fingerprint(leaf))
+    assert out.err == ''
+    code, data = _json(capsys, disk, '--signature', '@%s' % (work / 'sig.b64'),
+                       '--certificate', cert, '--trusted-certificate',
+                       str(work / 'other-ca.pem'))
+    assert code == status.UNSAFE
+    assert data['signature'] == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it does not chain to a trusted certificate authority: '
+        'refused' % cert)
+    assert data['signature_verified'] is False
+    assert data['safe'] is True
+
+
+def test_signature_refusals_read_as_at_import(signed, tmp_path, capsys):
+    work, leaf, signature = signed
+    disk, cert = str(work / 'disk.qcow2'), str(work / 'leaf.pem')
+    # The raw signature bytes in a file are accepted too; another file's
+    # signature does not match.
+    raw_sig = tmp_path / 'sig.bin'
+    raw_sig.write_bytes(base64.b64decode(leaf.sign(b'x')))
+    code, data = _json(capsys, disk, '--signature', '@%s' % raw_sig,
+                       '--certificate', cert)
+    assert code == status.UNSAFE
+    assert data['signature'] == (
+        'Image signature verification failed: the signature does not match '
+        'the image data (certificate %s): refused' % cert)
+    code, data = _json(capsys, disk, '--signature', signature,
+                       '--certificate', cert, '--hash-method', 'MD5')
+    assert code == status.UNSAFE
+    assert data['signature'] == (
+        'Image signature verification failed: img_signature_hash_method MD5 '
+        'is not supported (supported: SHA-224, SHA-256, SHA-384, SHA-512): '
+        'refused')
+    code, data = _json(capsys, disk, '--signature', signature,
+                       '--certificate', str(work / 'sig.b64'))
+    assert data['signature'] == (
+        'Image signature verification failed: certificate %s is not a '
+        'PEM-encoded X.509 certificate: refused' % (work / 'sig.b64'))
+
+
+def test_signature_usage_and_unreadable(signed, capsys):
+    work, _leaf, signature = signed
+    disk = str(work / 'disk.qcow2')
+    with pytest.raises(SystemExit) as info:
+        main.main(['inspect', disk, '--signature', signature])
+    assert info.value.code == status.USAGE
+    assert capsys.readouterr().err.endswith(
+        'error: --signature and --certificate go together (and '
+        '--trusted-certificate needs both)\n')
+    code = main.main(['inspect', disk, '--signature', signature,
+                      '--certificate', str(work / 'missing.pem')])
+    assert code == status.UNREADABLE
+    assert capsys.readouterr().err == (
+        'glance-imgplugins inspect: error: Cannot read %s: No such file or '
+        'directory\n' % (work / 'missing.pem'))

@@ -26,6 +26,7 @@ import socket
 
 import pytest
 from castellan import options as castellan_options
+from cryptography.hazmat.primitives import hashes
 from oslo_config import cfg
 from oslo_context import context as oslo_context
 
@@ -325,3 +326,151 @@ def test_check_config_refuse_mode_needs_no_key_manager():
     assert format_conversion.describe_config(conf) == [
         'signed images that need converting are refused '
         '([format_conversion] signed_images = refuse)']
+
+
+# --- certificate validation (signature_certificate_validation) -------------
+
+@pytest.fixture(scope='module')
+def authority() -> bb.Signer:
+    return bb.Signer('imgplugins test CA', ca=True, valid_until=365)
+
+
+@pytest.fixture(scope='module')
+def ca_uuid(barbican: bb.Barbican, authority: bb.Signer) -> str:
+    return bb.store_certificate(barbican, 'alice', authority.pem(),
+                                name='trusted CA')
+
+
+def _leaf(barbican: bb.Barbican, authority: bb.Signer, **kwargs: int
+          ) -> tuple[bb.Signer, str]:
+    leaf = bb.Signer('imgplugins leaf', issuer=authority, **kwargs)
+    return leaf, bb.store_certificate(barbican, 'alice', leaf.pem())
+
+
+def _when(moment) -> str:
+    return moment.strftime('%Y-%m-%d %H:%M:%S UTC')
+
+
+def test_certificate_issued_by_a_trusted_ca(qcow2, barbican, authority,
+                                            ca_uuid, context, manager):
+    leaf, leaf_uuid = _leaf(barbican, authority)
+    sig = _sig(leaf, qcow2, leaf_uuid)
+    verified = signature.verify_file(str(qcow2), sig, context, manager,
+                                     trust=signature.Trust((ca_uuid,)))
+    assert verified.trusted is True
+    assert verified.subject == 'CN=imgplugins leaf'
+    assert verified.fingerprint == leaf.cert.fingerprint(
+        hashes.SHA256()).hex(':').upper()
+    # Without validation (Glance's behaviour) the same passes, unchecked.
+    assert signature.verify_file(str(qcow2), sig, context,
+                                 manager).trusted is False
+
+
+def test_self_signed_certificate_is_untrusted(qcow2, signer, cert_uuid,
+                                              ca_uuid, context, manager):
+    sig = _sig(signer, qcow2, cert_uuid)
+    # Accepted without validation (the tests above), refused with it.
+    with pytest.raises(exception.SignatureCertificateUntrusted) as err:
+        signature.verify_file(str(qcow2), sig, context, manager,
+                              trust=signature.Trust((ca_uuid,)))
+    assert str(err.value) == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it does not chain to a trusted certificate authority: '
+        'refused' % cert_uuid)
+    assert err.value.status == 'queued' and not err.value.keep_staged
+
+
+def test_expired_and_future_certificates(qcow2, barbican, authority,
+                                         ca_uuid, context, manager):
+    trust = signature.Trust((ca_uuid,))
+    expired, expired_uuid = _leaf(barbican, authority, valid_from=-30,
+                                  valid_until=-1)
+    with pytest.raises(exception.SignatureCertificateUntrusted) as err:
+        signature.verify_file(str(qcow2), _sig(expired, qcow2, expired_uuid),
+                              context, manager, trust=trust)
+    assert str(err.value) == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it expired on %s: refused' % (
+            expired_uuid, _when(expired.cert.not_valid_after_utc)))
+    future, future_uuid = _leaf(barbican, authority, valid_from=2,
+                                valid_until=30)
+    with pytest.raises(exception.SignatureCertificateUntrusted) as err:
+        signature.verify_file(str(qcow2), _sig(future, qcow2, future_uuid),
+                              context, manager, trust=trust)
+    assert str(err.value) == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it is not valid before %s: refused' % (
+            future_uuid, _when(future.cert.not_valid_before_utc)))
+
+
+def test_expired_ca_trusts_nothing(qcow2, barbican, context, manager):
+    old_ca = bb.Signer('old CA', ca=True, valid_from=-60, valid_until=-1)
+    old_ca_uuid = bb.store_certificate(barbican, 'alice', old_ca.pem())
+    leaf, leaf_uuid = _leaf(barbican, old_ca)
+    with pytest.raises(exception.SignatureCertificateUntrusted,
+                       match='does not chain to a trusted'):
+        signature.verify_file(str(qcow2), _sig(leaf, qcow2, leaf_uuid),
+                              context, manager,
+                              trust=signature.Trust((old_ca_uuid,)))
+
+
+def test_trusted_ids_the_operator_must_fix_are_retryable(
+        qcow2, barbican, authority, context, manager):
+    leaf, leaf_uuid = _leaf(barbican, authority)
+    sig = _sig(leaf, qcow2, leaf_uuid)
+    missing = '00000000-0000-4000-8000-000000000000'
+    with pytest.raises(exception.ConfigError) as err:
+        signature.verify_file(str(qcow2), sig, context, manager,
+                              trust=signature.Trust((missing,)))
+    assert str(err.value) == (
+        'Invalid configuration: [format_conversion] '
+        'signature_trusted_certificate_ids: certificate %s was not found in '
+        'the key manager' % missing)
+    assert err.value.status == 'uploading' and err.value.keep_staged
+    with pytest.raises(exception.ConfigError) as err:
+        signature.verify_file(str(qcow2), sig, context, manager,
+                              trust=signature.Trust(()))
+    assert str(err.value) == (
+        'Invalid configuration: [format_conversion] '
+        'signature_trusted_certificate_ids: empty while '
+        'signature_certificate_validation is on, no certificate can be '
+        'trusted')
+
+
+def test_trusted_certificate_behind_a_down_key_manager_is_retryable(
+        qcow2, signer, context, unreachable):
+    sig = _sig(signer, qcow2, 'leaf-id')
+    with pytest.raises(exception.KeyManagerUnavailable):
+        signature.verify_file(str(qcow2), sig, context, unreachable,
+                              trust=signature.Trust(('ca-id',)))
+
+
+def test_check_config_validation_needs_trusted_ids():
+    from glance_imgplugins.plugins import format_conversion
+    conf = _plugin_conf()
+    conf.set_override('signature_certificate_validation', True,
+                      group='format_conversion')
+    # Validation on implies verification: the key manager is required.
+    assert format_conversion.check_config(conf) == [
+        '[format_conversion] signature_trusted_certificate_ids: empty while '
+        'signature_certificate_validation is on: every signed image that '
+        'needs converting would fail',
+        '[barbican] auth_endpoint: not set (the default '
+        'http://localhost/identity/v3 is a guess); signed images are '
+        'verified with the certificate held in Barbican']
+    conf.set_override('auth_endpoint', 'http://keystone.example/v3',
+                      group='barbican')
+    conf.set_override('signature_trusted_certificate_ids', ['ca-1', 'ca-2'],
+                      group='format_conversion')
+    assert format_conversion.check_config(conf) == []
+    assert format_conversion.describe_config(conf) == [
+        'signed images that need converting are verified first with the '
+        'barbican key manager, their certificates validated against 2 '
+        'trusted certificates']
+    settings = format_conversion.load_settings(conf)
+    assert settings.signature_trust == signature.Trust(('ca-1', 'ca-2'))
+    # refuse: nothing is verified, nothing to validate.
+    conf.set_override('signed_images', 'refuse', group='format_conversion')
+    conf.set_override('signature_trusted_certificate_ids', [],
+                      group='format_conversion')
+    assert format_conversion.check_config(conf) == []
