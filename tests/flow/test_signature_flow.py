@@ -219,3 +219,94 @@ def test_later_failure_of_a_download_restores_the_signature(signed_import):
     assert imp.image.disk_format == 'qcow2'
     assert {k: extra[k] for k in SIGNED} == signed
     assert not MOVED & set(dict(extra))
+
+
+# --- certificate validation (signature_certificate_validation) -------------
+
+@pytest.fixture(scope='module')
+def authority() -> bb.Signer:
+    return bb.Signer('imgplugins flow CA', ca=True, valid_until=365)
+
+
+@pytest.fixture(scope='module')
+def ca_uuid(barbican: bb.Barbican, authority: bb.Signer) -> str:
+    return bb.store_certificate(barbican, 'alice', authority.pem(),
+                                name='trusted CA')
+
+
+@pytest.fixture
+def validating(conf, ca_uuid):
+    conf.config(group='format_conversion',
+                signature_certificate_validation=True,
+                signature_trusted_certificate_ids=[ca_uuid])
+    return conf
+
+
+def _issued_import(signed_import, barbican, issuer, name='qcow2_v3',
+                   **validity: int) -> tuple[SignedImport, str, bb.Signer]:
+    """An import signed with a fresh leaf certificate ``issuer`` issued."""
+    leaf = bb.Signer('imgplugins flow leaf', issuer=issuer, **validity)
+    leaf_uuid = bb.store_certificate(barbican, 'alice', leaf.pem())
+    imp = signed_import(name)
+    imp.image.extra_properties.update(leaf.properties(imp.staged, leaf_uuid))
+    return imp, leaf_uuid, leaf
+
+
+def test_trusted_chain_verified_then_converted(validating, signed_import,
+                                               barbican, authority):
+    imp, leaf_uuid, leaf = _issued_import(signed_import, barbican, authority)
+    original = sha256(imp.staged)
+    imp.run(PLUGINS)
+    extra = imp.image.extra_properties
+    assert imp.image.disk_format == 'raw'
+    assert extra['img_original_signature_certificate_uuid'] == leaf_uuid
+    assert extra['img_original_sha256'] == original
+    assert not SIGNED & set(dict(extra))
+
+
+def _refused(imp: SignedImport) -> str:
+    with pytest.raises(glance_exception.UploadException) as err:
+        imp.run(PLUGINS)
+    assert imp.image.status == 'queued'
+    assert not imp.staged.exists()
+    assert imp.image.disk_format == 'qcow2'
+    assert SIGNED <= set(dict(imp.image.extra_properties))
+    assert imp.task_repo.messages == []      # qemu-img never ran
+    return str(err.value)
+
+
+def test_untrusted_leaf_refused(validating, signed_import, barbican):
+    stranger = bb.Signer('someone else\'s CA', ca=True)
+    imp, leaf_uuid, leaf = _issued_import(signed_import, barbican, stranger)
+    assert _refused(imp) == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it does not chain to a trusted certificate authority: '
+        'refused' % leaf_uuid)
+
+
+def test_expired_leaf_refused(validating, signed_import, barbican,
+                              authority):
+    imp, leaf_uuid, leaf = _issued_import(signed_import, barbican, authority,
+                                    valid_from=-30, valid_until=-1)
+    assert _refused(imp) == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it expired on %s: refused' % (
+            leaf_uuid, leaf.cert.not_valid_after_utc.strftime(
+                '%Y-%m-%d %H:%M:%S UTC')))
+
+
+def test_unreadable_trusted_id_keeps_the_data(validating, signed_import,
+                                              barbican, authority):
+    missing = '00000000-0000-4000-8000-000000000000'
+    validating.config(group='format_conversion',
+                      signature_trusted_certificate_ids=[missing])
+    imp, _uuid, _leaf = _issued_import(signed_import, barbican, authority)
+    original = sha256(imp.staged)
+    with pytest.raises(glance_exception.UploadException) as err:
+        imp.run(PLUGINS)
+    assert str(err.value) == (
+        'Invalid configuration: [format_conversion] '
+        'signature_trusted_certificate_ids: certificate %s was not found in '
+        'the key manager' % missing)
+    assert imp.image.status == 'uploading'
+    assert sha256(imp.staged) == original
