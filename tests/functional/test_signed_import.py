@@ -170,6 +170,38 @@ def test_key_manager_down_then_retry(glance, barbican, signer, cert_uuid,
     assert image['img_original_sha256'] == sha256(disk)
 
 
+def test_certificate_validation(glance, barbican, signer, cert_uuid,
+                                tmp_path):
+    """Restarts Glance with signature_certificate_validation and a CA from
+    Barbican: a certificate it issued passes, the self-signed one that
+    passed above is refused by name."""
+    authority = bb.Signer('imgplugins functional CA', ca=True)
+    ca_uuid = bb.store_certificate(barbican, 'alice', authority.pem(),
+                                   name='trusted CA')
+    leaf = bb.Signer('imgplugins functional leaf', issuer=authority)
+    leaf_uuid = bb.store_certificate(barbican, 'alice', leaf.pem())
+    glance.import_conf = {'format_conversion': {
+        'signature_certificate_validation': 'True',
+        'signature_trusted_certificate_ids': ca_uuid}}
+    glance.restart()
+    disk = _qcow2(tmp_path)
+    image_id = create_signed(glance, disk, 'qcow2',
+                             leaf.properties(disk, leaf_uuid))
+    image = glance.wait_for_import(image_id)
+    assert image['status'] == 'active', glance.last_task_message(image_id)
+    assert image['img_original_signature_certificate_uuid'] == leaf_uuid
+    assert image['img_original_sha256'] == sha256(disk)
+    image_id = create_signed(glance, disk, 'qcow2',
+                             signer.properties(disk, cert_uuid))
+    image = glance.wait_for_import(image_id)
+    assert glance.last_task_message(image_id) == (
+        'Image signature verification failed: certificate %s is not '
+        'trusted: it does not chain to a trusted certificate authority: '
+        'refused' % cert_uuid)
+    assert image['status'] == 'queued'
+    assert not glance.staged_path(image_id).exists()
+
+
 def test_refuse_mode(glance, signer, cert_uuid, tmp_path):
     """Runs last: restarts Glance with signed_images = refuse."""
     glance.import_conf = {'format_conversion': {'signed_images': 'refuse'}}
