@@ -87,6 +87,14 @@ PROPERTIES: tuple[str, ...] = (
     'os_type', 'os_distro', 'os_version', 'hw_architecture', 'architecture',
     'hw_firmware_type', 'hw_machine_type', 'hw_qemu_guest_agent',
     'img_cloud_init')
+#: The image property that records how guest inspection ended, set
+#: whenever it is enabled (Glance replaces the task message at the end of a
+#: successful import; the property stays).
+OUTCOME_PROPERTY = 'img_guest_inspection'
+#: Its values: facts found; the wall-clock limit was hit; no (single) OS
+#: recognised; the appliance could not run or answer; the image was not
+#: handed to the appliance (unsafe, or a format qemu is not given).
+OUTCOMES: tuple[str, ...] = ('done', 'timeout', 'no-os', 'failed', 'skipped')
 
 # Worker protocol version: a mismatched report is refused, never guessed.
 _REPORT_VERSION = 1
@@ -124,10 +132,13 @@ class GuestInspectionError(exception.GlanceImgPluginsError):
 
     #: Whether the image's content is at fault (retrying cannot help).
     refused: ClassVar[bool] = False
+    #: The :data:`OUTCOME_PROPERTY` value this failure records.
+    outcome: ClassVar[str] = 'failed'
     msg_fmt = "Guest inspection failed: %(reason)s"
 
 
 class GuestInspectionTimeout(GuestInspectionError):
+    outcome = 'timeout'
     msg_fmt = ("Guest inspection did not finish within %(timeout)s seconds "
                "([image_introspection] guest_inspection_timeout)")
 
@@ -136,6 +147,7 @@ class NoGuestOS(GuestInspectionError):
     """The image holds no (single) OS libguestfs recognises."""
 
     refused = True
+    outcome = 'no-os'
     msg_fmt = ("Guest inspection found no operating system in the image "
                "(%(reason)s)")
 
@@ -318,9 +330,15 @@ def parse_report(report: Any, accel: str = 'tcg',
 
 
 # --- KVM or TCG, decided once -----------------------------------------------
+#
+# With ``auto`` the decision is final only once an appliance has started (or
+# failed to start) with KVM: /dev/kvm may open where KVM cannot run a guest
+# (nested KVM: "failed to set MSR").  So it is said once, when final, and in
+# one line: never "will use kvm" followed by "could not start with KVM".
 
 _accel_lock = threading.Lock()
-_auto_accel: str | None = None
+_auto_accel: str | None = None     # final
+_auto_tentative: str | None = None  # kvm, until a launch confirms it
 
 
 def _kvm_usable() -> bool:
@@ -333,34 +351,52 @@ def _kvm_usable() -> bool:
 
 
 def chosen_accel(requested: str) -> str:
-    """``kvm`` or ``tcg`` for ``requested`` (auto: decided once, logged)."""
-    global _auto_accel
+    """``kvm`` or ``tcg`` to launch with for ``requested``.
+
+    ``auto``: TCG, final and logged, when /dev/kvm is not usable; otherwise
+    KVM on trial until :func:`_launched` hears how the first launch went.
+    """
+    global _auto_accel, _auto_tentative
     if requested in ('kvm', 'tcg'):
         return requested
     with _accel_lock:
-        if _auto_accel is None:
-            _auto_accel = 'kvm' if _kvm_usable() else 'tcg'
-            LOG.info('Guest inspection: the libguestfs appliance will use '
-                     '%s (%s)', _auto_accel, '/dev/kvm is usable'
-                     if _auto_accel == 'kvm' else '/dev/kvm is not usable')
-        return _auto_accel
+        if _auto_accel is not None:
+            return _auto_accel
+        if _auto_tentative is None:
+            if _kvm_usable():
+                _auto_tentative = 'kvm'
+            else:
+                _auto_accel = 'tcg'
+                LOG.info('Guest inspection: the libguestfs appliance will '
+                         'use tcg (/dev/kvm is not usable)')
+                return _auto_accel
+        return _auto_tentative
 
 
-def _kvm_failed() -> None:
-    global _auto_accel
+def _launched(accel: str, started: bool) -> None:
+    """How a launch with ``accel`` went, for the ``auto`` decision: the
+    first KVM launch makes it final (and says so, once)."""
+    global _auto_accel, _auto_tentative
     with _accel_lock:
-        if _auto_accel != 'tcg':
+        if _auto_accel is not None or _auto_tentative != accel:
+            return
+        _auto_tentative = None
+        if started:
+            _auto_accel = 'kvm'
+            LOG.info('Guest inspection: the libguestfs appliance will use '
+                     'kvm (it started with KVM)')
+        else:
             _auto_accel = 'tcg'
-            LOG.warning('Guest inspection: the appliance could not start '
-                        'with KVM; TCG (software emulation, slower) from now '
-                        'on')
+            LOG.warning('Guest inspection: the libguestfs appliance will '
+                        'use tcg (software emulation, slower): it could not '
+                        'start with KVM although /dev/kvm opens')
 
 
 def reset_accel() -> None:
     """Forget the auto decision (tests)."""
-    global _auto_accel
+    global _auto_accel, _auto_tentative
     with _accel_lock:
-        _auto_accel = None
+        _auto_accel = _auto_tentative = None
 
 
 # --- what must be installed --------------------------------------------------
@@ -561,8 +597,9 @@ def inspect_guest(path: str, qemu_format: str, limits: Limits = Limits(),
     names = {path: name}
     report, launch_failed = _run_worker(path, qemu_format, accel, limits,
                                         limits.timeout, name)
+    if limits.accel == 'auto':
+        _launched(accel, not launch_failed)
     if launch_failed and accel == 'kvm' and limits.accel == 'auto':
-        _kvm_failed()
         accel = 'tcg'
         left = limits.timeout - (_monotonic() - clock)
         if left <= 1:
@@ -591,7 +628,8 @@ def inspect_file(path: str, limits: Limits = Limits(),
 
     Keys: ``properties``, ``warnings``, ``guest`` (a summary), ``facts``,
     ``accel`` and ``elapsed_s`` on success; ``error`` and ``refused`` (the
-    content is at fault) otherwise.  Header inspection
+    content is at fault) otherwise; ``outcome`` always (the
+    :data:`OUTCOME_PROPERTY` value the plugin would record).  Header inspection
     decides the format and whether the file is safe to hand to qemu, as at
     import; unreadable input raises ``InspectionInputError`` / OSError like
     ``inspection.inspect_file``.
@@ -605,17 +643,20 @@ def inspect_file(path: str, limits: Limits = Limits(),
     result = inspection.inspect_file(path, vmdk_allowed_types=allowed)
     if not result.safe:
         return {'error': 'not inspected: the image is unsafe (%s)'
-                % result.failure_summary()}
+                % result.failure_summary(), 'outcome': 'skipped'}
     if result.format == 'unknown':
-        return {'error': 'not inspected: unknown image format'}
+        return {'error': 'not inspected: unknown image format',
+                'outcome': 'skipped'}
     try:
         facts = inspect_guest(path, qemu_img.qemu_format(result.format),
                               limits, name=os.path.basename(path))
     except GuestInspectionError as exc:
-        return {'error': str(exc), 'refused': exc.refused}
+        return {'error': str(exc), 'refused': exc.refused,
+                'outcome': exc.outcome}
     return {'guest': facts.summary(), 'properties': guest_properties(facts),
             'warnings': warnings(facts), 'accel': facts.accel,
-            'elapsed_s': facts.elapsed, 'facts': dataclasses.asdict(facts)}
+            'elapsed_s': facts.elapsed, 'outcome': 'done',
+            'facts': dataclasses.asdict(facts)}
 
 
 # --- the worker (runs in its own process, under the limits) -----------------

@@ -32,7 +32,10 @@ With ``guest_inspection`` (off by default) it also looks inside the guest
 ``architecture``, ``hw_firmware_type`` / ``hw_machine_type`` (an ESP with an
 EFI loader), ``hw_qemu_guest_agent`` and ``img_cloud_init``.  A timeout or an
 image without an OS is logged and noted in the task message, and the import
-goes on, unless ``guest_inspection_required``.
+goes on, unless ``guest_inspection_required``.  Whenever it is enabled,
+``img_guest_inspection`` records how it ended (``guest.OUTCOMES``: done,
+timeout, no-os, failed, skipped), since Glance replaces the task message at
+the end of a successful import.
 """
 
 from __future__ import annotations
@@ -295,10 +298,16 @@ class IntrospectImage(base.PluginTask):
         LOG.info('%s: image %s is %s (%s); properties %s', PLUGIN, image_id,
                  result.format, 'safe' if result.safe else
                  'unsafe: ' + result.failure_summary(), wanted)
+        ours: dict[str, str] = {}
         if settings.guest_inspection:
             # The guest's own facts are more specific than the headers'.
-            wanted = {**wanted, **self._guest(path, result, settings)}
-        if not wanted:
+            props, outcome = self._guest(path, result, settings)
+            wanted = {**wanted, **props}
+            # How it ended, recorded on the image (the task message does
+            # not survive a successful import): this plugin's own record,
+            # never the user's to keep.
+            ours[guest.OUTCOME_PROPERTY] = outcome
+        if not wanted and not ours:
             return changes
         with self.request.action_wrapper as action:
             existing = action.image_extra_properties
@@ -308,14 +317,15 @@ class IntrospectImage(base.PluginTask):
             for key in sorted(keep):
                 LOG.info('%s: image %s keeps %s=%s (image says %s)', PLUGIN,
                          image_id, key, existing[key], wanted[key])
-            changes.apply(action, {k: v for k, v in wanted.items()
-                                   if k not in keep})
+            changes.apply(action, {**{k: v for k, v in wanted.items()
+                                      if k not in keep}, **ours})
         return changes
 
     def _guest(self, path: str, result: inspection.InspectionResult,
-               settings: Settings) -> dict[str, str]:
-        """The guest's properties; {} (logged, noted) when there are none
-        and the operator does not require them."""
+               settings: Settings) -> tuple[dict[str, str], str]:
+        """The guest's properties and the outcome (one of
+        ``guest.OUTCOMES``); no properties (logged, noted) when there are
+        none and the operator does not require them."""
         image_id = self.request.image_id or 'the image'
         message = base.TaskMessage(self.request.task_repo,
                                    self.request.task_id)
@@ -325,7 +335,7 @@ class IntrospectImage(base.PluginTask):
             LOG.info('%s: image %s: no guest inspection of a %s image',
                      PLUGIN, image_id, result.format if result.safe
                      else 'unsafe')
-            return {}
+            return {}, 'skipped'
         message.update('Inspecting the guest operating system (at most %d '
                        's)' % settings.guest_limits.timeout, force=True)
         try:
@@ -343,7 +353,7 @@ class IntrospectImage(base.PluginTask):
                 raise exception.Retryable(reason=reason) from exc
             message.update('%s; the import goes on without guest facts'
                            % exc, force=True)
-            return {}
+            return {}, exc.outcome
         props = guest.guest_properties(facts)
         notes = guest.warnings(facts)
         LOG.info('%s: image %s: guest %s in %.1f s (%s); %s%s', PLUGIN,
@@ -352,7 +362,7 @@ class IntrospectImage(base.PluginTask):
         message.update('Guest inspection: %s%s' % (
             facts.summary(), ''.join('; warning: ' + n for n in notes)),
             force=True)
-        return props
+        return props, 'done'
 
 
 #: Formats guest inspection opens (what qemu reads without probing).

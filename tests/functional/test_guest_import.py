@@ -16,9 +16,10 @@
 /dev/kvm opens but nested KVM cannot start the appliance, so the first
 inspection also proves the switch to TCG (logged once).  Two imports, one
 per Glance: the facts on an imported qcow2 guest, and the timeout path that
-ends the import normally with a note (in the log: at the end Glance's store
-task replaces the task message with its copy progress; the flow layer checks
-the message itself).
+ends the import normally with ``img_guest_inspection=timeout`` on the active
+image (the note itself is in the log: at the end Glance's store task
+replaces the task message with its copy progress; the flow layer checks the
+message itself).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def test_guest_facts_appear_on_the_imported_image(glance_factory, guests):
     assert image['disk_format'] == 'raw'
     for key, value in gi.GUESTS['fedora39'].expected.items():
         assert image.get(key) == value, key
+    assert image['img_guest_inspection'] == 'done'
     log = glance.log_path.read_text()
     # KVM or TCG decided once, and said so.
     assert log.count('Guest inspection: the libguestfs appliance will use')\
@@ -82,7 +84,9 @@ def test_timeout_ends_the_import_normally_with_a_note(glance_factory,
     assert sorted(image['stores'].split(',')) == STORES
     assert 'os_distro' not in image and 'img_cloud_init' not in image
     # The note was the task message until Glance's own store task replaced
-    # it with its copy progress ("Copied 48 MiB"); the log keeps it.
+    # it with its copy progress ("Copied 48 MiB"); the image property
+    # keeps how guest inspection ended, and so does the log.
+    assert image['img_guest_inspection'] == 'timeout'
     assert ('Guest inspection did not finish within 10 seconds '
             '([image_introspection] guest_inspection_timeout)'
             in glance.log_path.read_text())

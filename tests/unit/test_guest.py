@@ -12,9 +12,10 @@
 
 """The guest-inspection core on guest images built here, under TCG.
 
-Each image is built once per module (``mke2fs -d``, milliseconds) and
-inspected once (~25 s under TCG); the mapping from libguestfs' answers to
-Nova's properties is also checked on reports written out here.
+Each image is built once per module (``mke2fs -d``, milliseconds; the
+Windows NTFS guest by guestfish, ~15 s) and inspected once (~25 s under
+TCG); the mapping from libguestfs' answers to Nova's properties is also
+checked on reports written out here.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tests.support import guest_images as gi
 # One launch each (25-75 s under TCG, by load).  The other guests are
 # inspected once elsewhere: s390x_zipl and no_os in the flow layer (all three
 # plugins; required mode), fedora39 through a real Glance.
-REAL = ['debian12', 'ubuntu2204_uefi', 'corrupt']
+REAL = ['debian12', 'ubuntu2204_uefi', 'win2k19', 'corrupt']
 TCG = guest.Limits(accel='tcg', timeout=300)
 CLI = pathlib.Path(sys.executable).parent / 'glance-imgplugins'
 
@@ -94,26 +95,34 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return tmp_path_factory.mktemp('guests')
 
 
+#: What each real run of the command wrote on stderr, by guest name.
+STDERR: dict[str, str] = {}
+
+
 @pytest.fixture(scope='module')
 def outcomes(workdir: pathlib.Path) -> dict[str, Any]:
     """name -> GuestFacts or the offline report's error, each image
-    inspected once, by ``glance-imgplugins inspect --guest`` (header
-    inspection picks the format, then the appliance)."""
+    inspected once, by ``glance-imgplugins -v inspect --guest`` (header
+    inspection picks the format, then the appliance); its stderr is kept
+    in STDERR."""
     results: dict[str, Any] = {}
 
     def get(name: str) -> Any:
         if name not in results:
             path = gi.build(gi.GUESTS[name], workdir)
-            # The real command line: glance-imgplugins inspect --guest.
+            # The real command line (cliff, osc-lib's logging; -v shows
+            # INFO too): glance-imgplugins inspect --guest.
             proc = subprocess.run(
-                [str(CLI), 'inspect', '--guest', '-f', 'json', str(path)],
-                capture_output=True, text=True, timeout=400)
+                [str(CLI), '-v', 'inspect', '--guest', '-f', 'json',
+                 str(path)], capture_output=True, text=True, timeout=400)
             assert proc.returncode == 0, proc.stderr
+            STDERR[name] = proc.stderr
             out = json.loads(proc.stdout)['guest']
             if 'error' in out:
                 assert str(path) not in out['error']
                 results[name] = out
             else:
+                assert out.pop('outcome') == 'done'
                 assert out['properties'] == guest.guest_properties(
                     guest.GuestFacts(**out['facts']))
                 results[name] = guest.GuestFacts(**out['facts'])
@@ -128,6 +137,62 @@ def test_real_guest_gets_exactly_its_properties(outcomes, name):
     # auto: KVM where it starts, TCG here (nested KVM fails).
     assert facts.accel in ('kvm', 'tcg')
     assert guest.guest_properties(facts) == dict(gi.GUESTS[name].expected)
+
+
+def test_windows_guest_facts_from_its_registry(outcomes):
+    """The NTFS guest: libguestfs finds %SYSTEMROOT% (System32, config,
+    cmd.exe), the architecture from cmd.exe's PE32+ header, the product and
+    version from the SOFTWARE hive, the control set from SYSTEM."""
+    facts = outcomes('win2k19')
+    assert isinstance(facts, guest.GuestFacts), facts
+    assert (facts.os_type, facts.distro, facts.major, facts.minor,
+            facts.arch, facts.osinfo, facts.product_name) == (
+        'windows', 'windows', 10, 0, 'x86_64', 'win2k19',
+        'Windows Server 2019 Standard')
+    assert facts.qemu_guest_agent and facts.cloud_init
+    assert not (facts.uefi_loader or facts.zipl)
+    # NT 10.0 is Windows 10, 11 and Server 2016 to 2022 alike: no
+    # os_version (the libosinfo id stays in the facts).
+    assert facts.os_version is None
+    assert facts.summary() == 'windows, x86_64'
+    assert guest.warnings(facts) == []
+
+
+def test_windows_builder_parts_are_what_the_tools_read(tmp_path):
+    """No appliance: the PE header is what file(1) (libguestfs'
+    file_architecture) calls PE32+ x86-64, and the hives hivex opens hold
+    the merged keys."""
+    exe = tmp_path / 'cmd.exe'
+    exe.write_bytes(gi.pe_header())
+    out = subprocess.run(['file', '-b', str(exe)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith('PE32+ executable (console) x86-64')
+    empty = tmp_path / 'EMPTY'
+    empty.write_bytes(gi.empty_hive('EMPTY'))
+    export = subprocess.run(['hivexregedit', '--export', str(empty), '\\'],
+                            capture_output=True, text=True, check=True)
+    assert export.stdout.split() == ['Windows', 'Registry', 'Editor',
+                                     'Version', '5.00', '[\\]']
+    hive = tmp_path / 'SOFTWARE'
+    gi._hive(hive, 'SOFTWARE', gi._software_reg('win2k19'))
+    export = subprocess.run(
+        ['hivexregedit', '--export', '--prefix', 'HKLM\\SOFTWARE',
+         str(hive), '\\Microsoft\\Windows NT\\CurrentVersion'],
+        capture_output=True, text=True, check=True).stdout
+    assert '"CurrentMajorVersionNumber"=dword:0000000a' in export
+    assert '"CurrentMinorVersionNumber"=dword:00000000' in export
+    # Strings are UTF-16LE REG_SZ, as Windows writes them.
+    product = 'Windows Server 2019 Standard\0'.encode('utf-16-le')
+    assert '"ProductName"=hex(1):%s' % ','.join(
+        '%02x' % b for b in product) in export
+    # A header whose checksum does not match is refused: hivex checks it.
+    bad = bytearray(gi.empty_hive('BAD'))
+    bad[0x1fc] ^= 1
+    empty.write_bytes(bytes(bad))
+    refused = subprocess.run(['hivexregedit', '--export', str(empty), '\\'],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert 'Invalid argument' in refused.stderr   # hivex's EINVAL
 
 
 def test_uefi_needs_an_esp_with_a_loader(outcomes):
@@ -146,7 +211,8 @@ def test_corrupt_filesystem_means_no_os(outcomes):
     out = outcomes('corrupt')
     assert out == {'error': 'Guest inspection found no operating system in '
                    'the image (no filesystem holds a recognisable OS)',
-                   'refused': True}   # the bytes are at fault
+                   'refused': True,   # the bytes are at fault
+                   'outcome': 'no-os'}
 
 
 def test_timeout_kills_the_appliance(workdir):
@@ -159,6 +225,7 @@ def test_timeout_kills_the_appliance(workdir):
                             name='image-2')
     assert time.monotonic() - started < 20
     assert caught.value.refused is False
+    assert caught.value.outcome == 'timeout'
     assert str(caught.value) == (
         'Guest inspection did not finish within 8 seconds '
         '([image_introspection] guest_inspection_timeout)')
@@ -173,6 +240,7 @@ def test_not_a_file_is_named_without_its_path(tmp_path):
         guest.inspect_guest(str(tmp_path), 'raw', TCG, name='image-3')
     assert str(caught.value) == ('Guest inspection failed: image-3 is not '
                                  'a regular file')
+    assert caught.value.outcome == 'failed'
 
 
 def test_unknown_accelerator(tmp_path):
@@ -293,29 +361,63 @@ def test_offline_never_hands_an_unsafe_image_to_qemu(tmp_path):
     subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
                     str(base), '-F', 'raw', str(top)], check=True)
     out = guest.inspect_file(str(top), TCG)
+    assert out['outcome'] == 'skipped'
     assert out['error'].startswith('not inspected: the image is unsafe (')
     assert 'backing_file' in out['error']
     assert str(tmp_path) not in out['error']
 
 
-def test_auto_accelerator_is_decided_once_and_logged(caplog):
+def _accel_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == 'glance_imgplugins.guest']
+
+
+@pytest.mark.parametrize('started', [True, False])
+def test_auto_accelerator_is_decided_once_and_logged_once(caplog, started):
     guest.reset_accel()
     try:
         with caplog.at_level('INFO', logger='glance_imgplugins.guest'):
             first = guest.chosen_accel('auto')
             assert guest.chosen_accel('auto') == first
-        lines = [r.getMessage() for r in caplog.records]
-        assert len(lines) == 1
-        assert lines[0].startswith('Guest inspection: the libguestfs '
-                                   'appliance will use %s' % first)
-        assert first == ('kvm' if guest._kvm_usable() else 'tcg')
-        # A KVM launch failure switches to TCG for good, said once.
-        guest._kvm_failed()
-        guest._kvm_failed()
-        assert guest.chosen_accel('auto') == 'tcg'
+            assert first == ('kvm' if guest._kvm_usable() else 'tcg')
+            if first == 'tcg':
+                # No /dev/kvm: final at once, said once.
+                assert _accel_lines(caplog) == [
+                    'Guest inspection: the libguestfs appliance will use '
+                    'tcg (/dev/kvm is not usable)']
+                return
+            # /dev/kvm opens: KVM on trial, nothing said until the first
+            # launch says whether KVM runs the appliance.
+            assert _accel_lines(caplog) == []
+            guest._launched('kvm', started)
+            guest._launched('kvm', not started)   # too late: final
+            guest._launched('tcg', True)
+            final = guest.chosen_accel('auto')
+        assert final == ('kvm' if started else 'tcg')
+        assert _accel_lines(caplog) == [
+            'Guest inspection: the libguestfs appliance will use kvm (it '
+            'started with KVM)' if started else
+            'Guest inspection: the libguestfs appliance will use tcg '
+            '(software emulation, slower): it could not start with KVM '
+            'although /dev/kvm opens']
         assert guest.chosen_accel('kvm') == 'kvm'
+        assert guest.chosen_accel('tcg') == 'tcg'
     finally:
         guest.reset_accel()
+
+
+@pytest.mark.parametrize('name', ['debian12', 'corrupt'])
+def test_cli_says_the_accelerator_once(outcomes, name):
+    """``glance-imgplugins -v inspect --guest``: one line about KVM or
+    TCG on stderr (cliff's console handler shows INFO with -v), naming
+    the accelerator the run used."""
+    outcomes(name)
+    lines = [ln for ln in STDERR[name].splitlines()
+             if ln.startswith('Guest inspection')]
+    assert len(lines) == 1, STDERR[name]
+    facts = outcomes('debian12')
+    assert lines[0].startswith('Guest inspection: the libguestfs appliance '
+                               'will use %s' % facts.accel)
 
 
 def test_check_config_and_describe():
