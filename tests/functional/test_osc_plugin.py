@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import barbican as bb
 from tests.support.digest import md5
 from tests.support.glance_server import BIN_DIR, GlanceServer
 
@@ -163,6 +164,25 @@ def test_inspect_and_names_next_to_osc(glance: GlanceServer,
     proc = openstack(env, 'image', 'inspect', str(image_file.parent))
     assert proc.returncode == 7
     assert 'not a regular file' in proc.stderr
+    # The offline signature check, through OSC's front end too.
+    signer = bb.Signer()
+    cert = image_file.parent / 'signer.pem'
+    cert.write_bytes(signer.pem())
+    doc = as_json(openstack(
+        env, 'image', 'inspect', str(image_file), '--signature',
+        signer.sign(image_file.read_bytes()), '--certificate', str(cert),
+        '-f', 'json'))
+    assert doc['signature_verified'] is True
+    assert doc['signature'].startswith(
+        'verified (RSA-PSS, SHA-256, certificate CN=imgplugins test signer, '
+        'SHA-256 fingerprint ')
+    proc = openstack(env, 'image', 'inspect', str(image_file), '--signature',
+                     signer.sign(b'other bytes'), '--certificate', str(cert),
+                     '-f', 'value', '-c', 'signature')
+    assert proc.returncode == 8
+    assert proc.stdout == (
+        'Image signature verification failed: the signature does not match '
+        'the image data (certificate %s): refused\n' % cert)
     commands = as_json(openstack(env, 'command', 'list', '--group',
                                  'image', '-f', 'json'))
     names = {c for group in commands for c in group['Commands']}
