@@ -13,12 +13,11 @@
 
 Prints the detected format, sizes, the safety verdict with each failed check,
 the facts, and the properties introspection would set: the same
-``inspection.inspect_file`` result the plugins act on.  With ``--signature``
-and ``--certificate`` it also verifies a signature over the file's bytes
-offline, with the verification ``format_conversion`` runs at import
-(:mod:`glance_imgplugins.signature`); ``--trusted-certificate`` adds the
-certificate validation of ``signature_certificate_validation``.  Exit status:
-0 safe (and, when asked, the signature verified), 8 unsafe or signature
+``inspection.inspect_file`` result the plugins act on.  With --signature and
+--certificate it also verifies a signature over the file's bytes offline,
+as format_conversion does at import; --trusted-certificate adds the
+certificate validation of signature_certificate_validation.  Exit status:
+0 safe (and the signature verified, when asked), 8 unsafe or signature
 refused (refused at import), 7 unreadable input (missing, not a regular
 file, changed while read), 2 usage.
 
@@ -80,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              'appliance; about 25 s without KVM) and show the '
              'properties guest inspection would set.')
     signed = parser.add_argument_group(
-        'signature', 'Verify a signature over FILE offline, as the import '
-        'does (img_signature* properties; a file carries none).')
+        'signature', 'Verify a signature over FILE offline, as the '
+        'import\ndoes with the img_signature* properties.')
     signed.add_argument(
         '--signature', metavar='SIG',
         help='The img_signature value (base64), or @PATH of a file holding '
