@@ -13,7 +13,8 @@
 """Guest inspection inside a real taskflow engine, with the other plugins.
 
 Real libguestfs (TCG), real qemu-img, Glance's ImportActionWrapper and
-domain objects; three appliance launches in all (~1 minute under TCG).
+domain objects; six appliance launches in all, one of them guestfish
+building the Windows guest (~2 minutes under TCG).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ rules:
     match:
       facts: {hw_architecture: s390x}
     set: {img_zsystems: "yes"}
+  - name: windows-guests
+    match:
+      facts: {os_type: windows}
+    set: {hw_time_hpet: "true"}
 """
 
 
@@ -84,6 +89,20 @@ def test_s390x_guest_facts_conversion_untouched_and_rules(
     assert Record.seen[-1] == 'file://%s' % imp.staged
     assert 'Guest inspection: sles 15.5, s390x, zipl' in \
         imp.task_repo.messages
+
+
+def test_windows_guest_facts_and_rules(guests, staging, guest_conf):
+    source = gi.build(gi.GUESTS['win2k19'], guests)
+    imp = Import(staging, source, 'raw')
+    before = sha256(imp.staged)
+    imp.run(PLUGINS, [Record()])
+    # Exactly: the facts from the NTFS guest and its registry, the outcome,
+    # and the rule on the detected (unfakeable) os_type.
+    assert ours(imp.image.extra_properties) == {
+        **gi.GUESTS['win2k19'].expected, 'img_guest_inspection': 'done',
+        'hw_time_hpet': 'true'}
+    assert sha256(imp.staged) == before
+    assert 'Guest inspection: windows, x86_64' in imp.task_repo.messages
 
 
 def test_user_cannot_fake_the_architecture_for_rules(staging, guest_conf,
