@@ -143,6 +143,26 @@ def test_no_os_is_noted_and_recorded(guests, staging, guest_conf):
             'without guest facts') in imp.task_repo.messages
 
 
+def test_appliance_that_cannot_run_is_recorded_as_failed(guests, staging,
+                                                         guest_conf):
+    # A real misconfiguration (uWSGI): the worker's Python lacks
+    # oslo.concurrency, so nothing starts (no appliance: a second).
+    # Introspection alone: qemu-img in format_conversion would fail the
+    # import on the same interpreter.
+    from glance.common import wsgi  # noqa: F401  (registers [wsgi])
+    guest_conf.config(group='wsgi', python_interpreter='/usr/bin/python3')
+    source = gi.build(gi.GUESTS['debian12'], guests)
+    imp = Import(staging, source, 'raw')
+    imp.run([image_introspection.get_flow], [Record()])
+    assert imp.image.status == 'importing'
+    assert ours(imp.image.extra_properties) == {
+        'img_guest_inspection': 'failed'}
+    assert ('Guest inspection failed: the Python interpreter that runs the '
+            'prlimit wrapper has no oslo_concurrency module (see [wsgi] '
+            'python_interpreter); the import goes on without guest facts'
+            ) in imp.task_repo.messages
+
+
 def test_unsafe_image_is_recorded_as_skipped(staging, guest_conf, corpus):
     # Never handed to qemu (no appliance: milliseconds).  Introspection
     # alone: format_conversion would refuse it and revert the property.

@@ -33,9 +33,10 @@ import pytest
 from glance_imgplugins import guest
 from tests.support import guest_images as gi
 
-# One launch each (25-75 s under TCG, by load).  The other guests are
-# inspected once elsewhere: s390x_zipl and no_os in the flow layer (all three
-# plugins; required mode), fedora39 through a real Glance.
+# One launch each (25-75 s under TCG, by load; win2k19 one more to build).
+# The other guests are inspected once elsewhere: s390x_zipl and no_os in the
+# flow layer (all three plugins; required mode), fedora39 through a real
+# Glance; win2k19 also in the flow layer.
 REAL = ['debian12', 'ubuntu2204_uefi', 'win2k19', 'corrupt']
 TCG = guest.Limits(accel='tcg', timeout=300)
 CLI = pathlib.Path(sys.executable).parent / 'glance-imgplugins'
