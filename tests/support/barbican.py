@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -46,8 +45,8 @@ from typing import Any
 from tests.support import keystone as ks
 from tests.support import process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN_DIR = Path(sys.executable).parent
+REPO_ROOT = process.REPO_ROOT
+BIN_DIR = process.BIN_DIR
 
 _PASTE_INI = """\
 [composite:main]
@@ -100,16 +99,11 @@ def wsgi_app() -> Any:
     return deploy.loadapp('config:%s' % paste_ini)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
-
-
-class Barbican:
+class Barbican(process.GunicornService):
     """One Barbican API process, its sqlite database and config."""
 
+    NAME = 'barbican'
+    error = BarbicanError
     SERVICE_TYPE = 'key-manager'
     REGION = 'RegionOne'
 
@@ -117,7 +111,7 @@ class Barbican:
                  keystone: ks.Keystone | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.keystone = keystone or ks.shared()
-        self.port = _free_port()
+        self.port = process.free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
         # oslo.config finds ~/.barbican/barbican.conf (HOME is workdir).
         self.conf_file = self.workdir / '.barbican' / 'barbican.conf'
@@ -126,15 +120,8 @@ class Barbican:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith('OS_')}
-        env.update({
-            'HOME': str(self.workdir),
-            'IMGPLUGINS_BARBICAN_PASTE': str(self.paste_file),
-            'PYTHONPATH': os.pathsep.join(
-                filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')])),
-            'PATH': os.pathsep.join([str(BIN_DIR), env.get('PATH', '')]),
-        })
+        env = super().env()
+        env['IMGPLUGINS_BARBICAN_PASTE'] = str(self.paste_file)
         return env
 
     def write_config(self) -> None:
@@ -166,35 +153,20 @@ class Barbican:
     def start(self, timeout: float = 90) -> 'Barbican':
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        out = open(self.workdir / 'gunicorn.log', 'ab')
-        self._proc = subprocess.Popen(
-            [str(BIN_DIR / 'gunicorn'), '--bind', '127.0.0.1:%d' % self.port,
-             '--workers', '1', '--threads', '4', '--timeout', '120',
-             '--no-control-socket', 'tests.support.barbican:wsgi_app()'],
-            cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise BarbicanError('barbican exited with %s:\n%s' % (
-                    self._proc.returncode, self.log_tail()))
-            try:
-                # /v1 answers 401 once the whole app (and its tables) is up.
-                urllib.request.urlopen(self.url + '/v1/secrets', timeout=5)
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code == 401:
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BarbicanError('barbican did not answer:\n%s'
-                                    % self.log_tail())
-            time.sleep(0.3)
+        self._serve('tests.support.barbican:wsgi_app()', threads=4)
+        self._wait_ready(self._answers, timeout, interval=0.3)
         self.register_endpoint()
         return self
+
+    def _answers(self) -> bool:
+        try:
+            # /v1 answers 401 once the whole app (and its tables) is up.
+            urllib.request.urlopen(self.url + '/v1/secrets', timeout=5)
+            return True
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
 
     def register_endpoint(self) -> None:
         """Make this Barbican the key manager of RegionOne in the catalog."""
@@ -231,25 +203,6 @@ class Barbican:
         """What Glance's castellan needs (``glance-api.conf``)."""
         return {'key_manager': {'backend': 'barbican'},
                 'barbican': {'auth_endpoint': self.keystone.auth_url}}
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        process.stop_session(proc)
-
-    def log_tail(self, lines: int = 40) -> str:
-        out = []
-        for path in (self.workdir / 'gunicorn.log', self.log_path):
-            if path.exists():
-                out.append('==> %s <==' % path)
-                out.extend(path.read_text(errors='replace')
-                           .splitlines()[-lines:])
-        return '\n'.join(out)
-
-    def __enter__(self) -> 'Barbican':
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 _shared: Barbican | None = None

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ from typing import Any
 
 from tests.support import process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN_DIR = Path(sys.executable).parent
+REPO_ROOT = process.REPO_ROOT
+BIN_DIR = process.BIN_DIR
 DOMAIN = 'Default'
 PASSWORD = 'secret-%s'  # % user name: every test user's password
 
@@ -108,13 +107,6 @@ class KeystoneError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
-
-
 def wsgi_app() -> Any:
     """gunicorn's application factory (``tests.support.keystone:wsgi_app()``).
 
@@ -126,12 +118,15 @@ def wsgi_app() -> Any:
     return wsgi.initialize_public_application()
 
 
-class Keystone:
+class Keystone(process.GunicornService):
     """One Keystone process and its sqlite database, keys and config."""
+
+    NAME = 'keystone'
+    error = KeystoneError
 
     def __init__(self, workdir: Path | str) -> None:
         self.workdir = Path(workdir).resolve()
-        self.port = _free_port()
+        self.port = process.free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
         self.auth_url = self.url + '/v3'
         self.conf_file = self.workdir / 'keystone.conf'
@@ -153,16 +148,8 @@ class Keystone:
                 args[0], proc.stdout, proc.stderr))
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith('OS_')}
-        env.update({
-            'OS_KEYSTONE_CONFIG_FILES': str(self.conf_file),
-            'PYTHONPATH': os.pathsep.join(
-                filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')])),
-            'PATH': os.pathsep.join([str(BIN_DIR), env.get('PATH', '')]),
-            # gunicorn and Keystone write nothing under the real $HOME.
-            'HOME': str(self.workdir),
-        })
+        env = super().env()
+        env['OS_KEYSTONE_CONFIG_FILES'] = str(self.conf_file)
         return env
 
     def write_config(self) -> None:
@@ -214,34 +201,20 @@ class Keystone:
                      '--bootstrap-admin-url', self.auth_url,
                      '--bootstrap-internal-url', self.auth_url,
                      '--bootstrap-public-url', self.auth_url)
-        out = open(self.workdir / 'gunicorn.log', 'ab')
-        self._proc = subprocess.Popen(
-            [str(BIN_DIR / 'gunicorn'), '--bind', '127.0.0.1:%d' % self.port,
-             # One thread: sqlite takes one writer, and concurrent token
-             # requests (Tempest's two workers) failed with "database is
-             # locked" under load.
-             '--workers', '1', '--threads', '1', '--timeout', '120',
-             '--no-control-socket', 'tests.support.keystone:wsgi_app()'],
-            cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise KeystoneError('keystone exited with %s:\n%s' % (
-                    self._proc.returncode, self.log_tail()))
-            try:
-                with urllib.request.urlopen(self.auth_url, timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise KeystoneError('keystone did not answer:\n%s'
-                                    % self.log_tail())
-            time.sleep(0.2)
+        # One thread: sqlite takes one writer, and concurrent token
+        # requests (Tempest's two workers) failed with "database is
+        # locked" under load.
+        self._serve('tests.support.keystone:wsgi_app()', threads=1)
+        self._wait_ready(self._answers, timeout, interval=0.2)
         self._seed()
         return self
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.auth_url, timeout=2):
+                return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
 
     def _seed(self) -> None:
         """Users, roles, an implied role and assignments, via the API."""
@@ -393,27 +366,6 @@ class Keystone:
             'project_name': 'service',
             'project_domain_name': DOMAIN,
         }
-
-    # -- life cycle ---------------------------------------------------------
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        process.stop_session(proc)
-
-    def log_tail(self, lines: int = 40) -> str:
-        out = []
-        for path in (self.workdir / 'gunicorn.log', self.log_path):
-            if path.exists():
-                out.append('==> %s <==' % path)
-                out.extend(path.read_text(errors='replace')
-                           .splitlines()[-lines:])
-        return '\n'.join(out)
-
-    def __enter__(self) -> 'Keystone':
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 _shared: Keystone | None = None
