@@ -30,6 +30,7 @@ from glance_imgplugins import signature
 from glance_imgplugins.plugins import format_conversion
 from tests.flow.conftest import Boom, Import, Record, STORES, declared_format
 from tests.support import barbican as bb
+from tests.support.barbican import authority, ca_uuid  # noqa: F401 (fixture)
 from tests.support.digest import sha256
 
 PLUGINS = [format_conversion.get_flow]
@@ -223,17 +224,6 @@ def test_later_failure_of_a_download_restores_the_signature(signed_import):
 
 # --- certificate validation (signature_certificate_validation) -------------
 
-@pytest.fixture(scope='module')
-def authority() -> bb.Signer:
-    return bb.Signer('imgplugins flow CA', ca=True, valid_until=365)
-
-
-@pytest.fixture(scope='module')
-def ca_uuid(barbican: bb.Barbican, authority: bb.Signer) -> str:
-    return bb.store_certificate(barbican, 'alice', authority.pem(),
-                                name='trusted CA')
-
-
 @pytest.fixture
 def validating(conf, ca_uuid):
     conf.config(group='format_conversion',
@@ -245,8 +235,8 @@ def validating(conf, ca_uuid):
 def _issued_import(signed_import, barbican, issuer, name='qcow2_v3',
                    **validity: int) -> tuple[SignedImport, str, bb.Signer]:
     """An import signed with a fresh leaf certificate ``issuer`` issued."""
-    leaf = bb.Signer('imgplugins flow leaf', issuer=issuer, **validity)
-    leaf_uuid = bb.store_certificate(barbican, 'alice', leaf.pem())
+    leaf, leaf_uuid = bb.issue_leaf(barbican, issuer, 'imgplugins flow leaf',
+                                    **validity)
     imp = signed_import(name)
     imp.image.extra_properties.update(leaf.properties(imp.staged, leaf_uuid))
     return imp, leaf_uuid, leaf

@@ -22,7 +22,9 @@ test takes the key manager away and brings it back.
 
 :class:`Signer` makes what a user signing an image makes: an RSA key and a
 self-signed X.509 certificate stored in Barbican as PEM, and the four
-``img_signature*`` properties for a file.
+``img_signature*`` properties for a file.  For certificate validation, the
+module fixtures ``authority`` and ``ca_uuid`` (a trusted CA, imported by the
+modules that use them, which define ``barbican``) and :func:`issue_leaf`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support import keystone as ks
 from tests.support import process
@@ -307,3 +311,29 @@ def store_certificate(barbican: Barbican, user: str, payload: bytes,
         name=name, payload=payload, secret_type='certificate')
     ref = secret.store()
     return str(ref).rpartition('/')[2]
+
+
+def issue_leaf(barbican: Barbican, issuer: Signer,
+               common_name: str = 'imgplugins leaf', **validity: int
+               ) -> tuple[Signer, str]:
+    """A leaf certificate ``issuer`` signed (``valid_from`` /
+    ``valid_until`` as :class:`Signer`), stored in alice's project; the
+    signer and the certificate's UUID."""
+    leaf = Signer(common_name, issuer=issuer, **validity)
+    return leaf, store_certificate(barbican, 'alice', leaf.pem())
+
+
+# --- fixtures (imported by name: "# noqa: F401 (fixture)") -----------------
+
+@pytest.fixture(scope='module')
+def authority() -> Signer:
+    """A certificate authority, valid for a year."""
+    return Signer('imgplugins test CA', ca=True, valid_until=365)
+
+
+@pytest.fixture(scope='module')
+def ca_uuid(barbican: Barbican, authority: Signer) -> str:
+    """``authority`` stored in alice's project (the importing module's
+    ``barbican``): what ``signature_trusted_certificate_ids`` lists."""
+    return store_certificate(barbican, 'alice', authority.pem(),
+                             name='trusted CA')

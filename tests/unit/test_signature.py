@@ -34,6 +34,7 @@ from glance_imgplugins import exception
 from glance_imgplugins import signature
 from tests.support import barbican as bb
 from tests.support import images
+from tests.support.barbican import authority, ca_uuid  # noqa: F401 (fixture)
 
 
 def _closed_port() -> int:
@@ -330,30 +331,13 @@ def test_check_config_refuse_mode_needs_no_key_manager():
 
 # --- certificate validation (signature_certificate_validation) -------------
 
-@pytest.fixture(scope='module')
-def authority() -> bb.Signer:
-    return bb.Signer('imgplugins test CA', ca=True, valid_until=365)
-
-
-@pytest.fixture(scope='module')
-def ca_uuid(barbican: bb.Barbican, authority: bb.Signer) -> str:
-    return bb.store_certificate(barbican, 'alice', authority.pem(),
-                                name='trusted CA')
-
-
-def _leaf(barbican: bb.Barbican, authority: bb.Signer, **kwargs: int
-          ) -> tuple[bb.Signer, str]:
-    leaf = bb.Signer('imgplugins leaf', issuer=authority, **kwargs)
-    return leaf, bb.store_certificate(barbican, 'alice', leaf.pem())
-
-
 def _when(moment) -> str:
     return moment.strftime('%Y-%m-%d %H:%M:%S UTC')
 
 
 def test_certificate_issued_by_a_trusted_ca(qcow2, barbican, authority,
                                             ca_uuid, context, manager):
-    leaf, leaf_uuid = _leaf(barbican, authority)
+    leaf, leaf_uuid = bb.issue_leaf(barbican, authority)
     sig = _sig(leaf, qcow2, leaf_uuid)
     verified = signature.verify_file(str(qcow2), sig, context, manager,
                                      trust=signature.Trust((ca_uuid,)))
@@ -383,8 +367,8 @@ def test_self_signed_certificate_is_untrusted(qcow2, signer, cert_uuid,
 def test_expired_and_future_certificates(qcow2, barbican, authority,
                                          ca_uuid, context, manager):
     trust = signature.Trust((ca_uuid,))
-    expired, expired_uuid = _leaf(barbican, authority, valid_from=-30,
-                                  valid_until=-1)
+    expired, expired_uuid = bb.issue_leaf(barbican, authority,
+                                          valid_from=-30, valid_until=-1)
     with pytest.raises(exception.SignatureCertificateUntrusted) as err:
         signature.verify_file(str(qcow2), _sig(expired, qcow2, expired_uuid),
                               context, manager, trust=trust)
@@ -392,8 +376,8 @@ def test_expired_and_future_certificates(qcow2, barbican, authority,
         'Image signature verification failed: certificate %s is not '
         'trusted: it expired on %s: refused' % (
             expired_uuid, _when(expired.cert.not_valid_after_utc)))
-    future, future_uuid = _leaf(barbican, authority, valid_from=2,
-                                valid_until=30)
+    future, future_uuid = bb.issue_leaf(barbican, authority, valid_from=2,
+                                        valid_until=30)
     with pytest.raises(exception.SignatureCertificateUntrusted) as err:
         signature.verify_file(str(qcow2), _sig(future, qcow2, future_uuid),
                               context, manager, trust=trust)
@@ -406,7 +390,7 @@ def test_expired_and_future_certificates(qcow2, barbican, authority,
 def test_expired_ca_trusts_nothing(qcow2, barbican, context, manager):
     old_ca = bb.Signer('old CA', ca=True, valid_from=-60, valid_until=-1)
     old_ca_uuid = bb.store_certificate(barbican, 'alice', old_ca.pem())
-    leaf, leaf_uuid = _leaf(barbican, old_ca)
+    leaf, leaf_uuid = bb.issue_leaf(barbican, old_ca)
     with pytest.raises(exception.SignatureCertificateUntrusted,
                        match='does not chain to a trusted'):
         signature.verify_file(str(qcow2), _sig(leaf, qcow2, leaf_uuid),
@@ -416,7 +400,7 @@ def test_expired_ca_trusts_nothing(qcow2, barbican, context, manager):
 
 def test_trusted_ids_the_operator_must_fix_are_retryable(
         qcow2, barbican, authority, context, manager):
-    leaf, leaf_uuid = _leaf(barbican, authority)
+    leaf, leaf_uuid = bb.issue_leaf(barbican, authority)
     sig = _sig(leaf, qcow2, leaf_uuid)
     missing = '00000000-0000-4000-8000-000000000000'
     with pytest.raises(exception.ConfigError) as err:
