@@ -14,7 +14,8 @@
 
 Real libguestfs (TCG), real qemu-img, Glance's ImportActionWrapper and
 domain objects; six appliance launches in all, one of them guestfish
-building the Windows guest (~2 minutes under TCG).
+building the Windows guest (~2 minutes under TCG) unless an earlier run left
+it in ``guest_images``' cache.
 """
 
 from __future__ import annotations

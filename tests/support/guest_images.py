@@ -30,16 +30,29 @@ hives ``config/SOFTWARE`` and ``config/SYSTEM``: an empty hive written here
 (:func:`empty_hive`) into which ``hivexregedit --merge`` puts the keys
 libguestfs reads (``Microsoft\\Windows NT\\CurrentVersion``, ``Select``,
 ``ControlSet001``).
+
+Built Windows guests are kept between test runs (the layers run as separate
+pytest invocations, each module building its own) in a private folder,
+``$TMPDIR/imgplugins-guest-cache-<uid>/<key>/``, the key a hash of
+everything the build reads: this file, the tree it uploads (hives included)
+and the versions of guestfish and mkntfs; only the newest key is kept.  Each
+caller still gets its own copy in its ``workdir``.  The disk's bytes differ
+from one build to the next (the NTFS serial number and timestamps); nothing
+the tests read does.
+``IMGPLUGINS_GUEST_CACHE=off`` builds afresh every time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import shutil
+import stat
 import struct
 import subprocess
+import tempfile
 from typing import Mapping
 
 MiB = 1 << 20
@@ -394,19 +407,96 @@ def _ntfs_disk(tree: pathlib.Path, out: pathlib.Path, size: int) -> None:
                    capture_output=True, env=_guestfish_env(), timeout=300)
 
 
+def _version(*command: str) -> str:
+    try:
+        return subprocess.run(list(command), capture_output=True, text=True,
+                              timeout=60).stdout
+    except OSError as exc:
+        return str(exc)
+
+
+def _cache_key(tree: pathlib.Path, size: int) -> str:
+    """A hash of what the NTFS build reads: this file, ``tree`` (paths,
+    kinds, contents), the disk size and the tools' versions."""
+    digest = hashlib.sha256(pathlib.Path(__file__).read_bytes())
+    digest.update(b'%d\0' % size)
+    digest.update(_version('guestfish', '--version').encode())
+    digest.update(_version('mkntfs', '--version').encode())
+    for path in sorted(tree.rglob('*')):
+        digest.update(path.relative_to(tree).as_posix().encode() + b'\0')
+        digest.update(b'D\0' if path.is_dir() else path.read_bytes() + b'\0')
+    return digest.hexdigest()[:32]
+
+
+def _cache_root() -> pathlib.Path | None:
+    """This user's cache folder (mode 0700), or None: switched off, or
+    the folder is not a directory of ours."""
+    if os.environ.get('IMGPLUGINS_GUEST_CACHE', '') == 'off':
+        return None
+    root = pathlib.Path(tempfile.gettempdir()) / (
+        'imgplugins-guest-cache-%d' % os.getuid())
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        st = root.lstat()
+    except OSError:
+        return None
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid()
+            or st.st_mode & 0o077):
+        return None
+    return root
+
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """``src`` to ``dst`` (holes kept), whole or not at all."""
+    part = dst.with_name('.%s.%d.part' % (dst.name, os.getpid()))
+    try:
+        _run('cp', '--sparse=always', str(src), str(part))
+        part.rename(dst)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _ntfs_guest(guest: Guest, workdir: pathlib.Path,
+                out: pathlib.Path) -> None:
+    tree = workdir / (guest.name + '.tree')
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    _windows_tree(guest, tree)
+    size = 64 * MiB
+    root = _cache_root()
+    key = _cache_key(tree, size) if root else ''
+    cached = root / key / out.name if root else None
+    if cached is not None:
+        try:
+            _copy(cached, out)
+            return
+        except (OSError, subprocess.CalledProcessError):
+            pass   # not built yet (or pruned meanwhile): build it
+    disk = workdir / (guest.name + '.disk')
+    _ntfs_disk(tree, disk, size)
+    disk.rename(out)
+    if root is None or cached is None:
+        return
+    # Keeping it is only a saving: a failure here fails no test.
+    try:
+        # Other keys are builds from another version of this file.
+        for old in root.iterdir():
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+        cached.parent.mkdir(exist_ok=True)
+        _copy(out, cached)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+
+
 def build(guest: Guest, workdir: pathlib.Path) -> pathlib.Path:
-    """The raw disk image of ``guest`` in ``workdir`` (built once)."""
+    """The raw disk image of ``guest`` in ``workdir`` (built once; the
+    Windows guest copied from the cache when it was built before)."""
     out = workdir / (guest.name + '.raw')
     if out.exists():
         return out
     if guest.fs == 'ntfs':
-        tree = workdir / (guest.name + '.tree')
-        shutil.rmtree(tree, ignore_errors=True)
-        tree.mkdir(parents=True)
-        _windows_tree(guest, tree)
-        disk = workdir / (guest.name + '.disk')
-        _ntfs_disk(tree, disk, 64 * MiB)
-        disk.rename(out)
+        _ntfs_guest(guest, workdir, out)
         return out
     tree = workdir / (guest.name + '.tree')
     shutil.rmtree(tree, ignore_errors=True)

@@ -13,9 +13,10 @@
 """The guest-inspection core on guest images built here, under TCG.
 
 Each image is built once per module (``mke2fs -d``, milliseconds; the
-Windows NTFS guest by guestfish, ~15 s) and inspected once (~25 s under
-TCG); the mapping from libguestfs' answers to Nova's properties is also
-checked on reports written out here.
+Windows NTFS guest by guestfish, ~15 s, unless an earlier run left it in
+``guest_images``' cache) and inspected once (~25 s under TCG); the mapping
+from libguestfs' answers to Nova's properties is also checked on reports
+written out here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import pytest
 from glance_imgplugins import guest
 from tests.support import guest_images as gi
 
-# One launch each (25-75 s under TCG, by load; win2k19 one more to build).
+# One launch each (25-75 s under TCG, by load; win2k19 one more to build
+# when not cached).
 # The other guests are inspected once elsewhere: s390x_zipl and no_os in the
 # flow layer (all three plugins; required mode), fedora39 through a real
 # Glance; win2k19 also in the flow layer.
