@@ -26,7 +26,7 @@ FAILED = 4        # the import task failed: no usable image from it
 LOST = 5          # lost contact with the API mid-watch: the import goes on
 STUCK = 6         # the task stopped moving (its API process is gone)
 UNREADABLE = 7    # inspect: not a regular file, changed while read, missing
-UNSAFE = 8        # inspect: an import would refuse this image
+UNSAFE = 8        # inspect: an import would refuse this image (or signature)
 INTERRUPTED = 130  # Ctrl-C: we stopped watching, the import goes on
 
 #: (status, meaning) in the order the documentation lists them.
@@ -41,7 +41,8 @@ TABLE = (
            'goes on; the printed watch command resumes)'),
     (STUCK, 'the import is stuck (its task stopped moving)'),
     (UNREADABLE, 'inspect: unreadable input'),
-    (UNSAFE, 'inspect: the image would be refused'),
+    (UNSAFE, 'inspect: an import would refuse the image (its content or, '
+             'with --signature, its signature)'),
     (INTERRUPTED, 'Ctrl-C (an import goes on; watch resumes)'),
 )
 
