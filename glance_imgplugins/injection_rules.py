@@ -472,8 +472,17 @@ def _construct_seq(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> _Seq:
     return out
 
 
+def _construct_undefined(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    # PyYAML's own message shows the tag as a Python repr; the tag is the
+    # user's text, quoted the way every other value in our errors is.
+    raise yaml.constructor.ConstructorError(
+        None, None, 'unknown tag %s (rules use no YAML tags)'
+        % _shown(str(node.tag)), node.start_mark)
+
+
 _LineLoader.add_constructor('tag:yaml.org,2002:map', _construct_map)
 _LineLoader.add_constructor('tag:yaml.org,2002:seq', _construct_seq)
+_LineLoader.add_constructor(None, _construct_undefined)
 
 
 def _json_map(pairs: list[tuple[str, Any]]) -> _Map:

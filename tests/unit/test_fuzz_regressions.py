@@ -133,6 +133,19 @@ def test_timestamp_tag_pyyaml_crash_names_line():
     assert 'cannot read this value as timestamp' in str(err)
 
 
+def test_unknown_tag_quoted_as_user_text_not_a_repr():
+    # PyYAML said: could not determine a constructor for the tag
+    # "tag:yaml.org,2002:b'A!remove:" (a Python repr of the user's tag).
+    err = _rules_error('tag-with-quote.yaml')
+    assert err.kwargs['line'] == 1
+    assert str(err).endswith(
+        "YAML syntax error, column 1: unknown tag "
+        "'tag:yaml.org,2002:b\\'A!remove:' (rules use no YAML tags)")
+    err = _rules_error_text('rules: !custom [a]\n')
+    assert str(err).endswith("unknown tag '!custom' (rules use no YAML "
+                             "tags)")
+
+
 def test_toplevel_scalar_names_line_and_no_class_name():
     # It said "file: expected a mapping, got str" without a line.
     err = _rules_error('toplevel-scalar.yaml')
