@@ -13,14 +13,20 @@
 """Time-boxed fuzzing: ``make fuzz`` and the smoke run of ``make test``.
 
 ``python -m fuzz.run [--time SECONDS] [--targets inspection,rules]
-[--work DIR]``: builds the seed corpora once (``WORK/seeds``), then runs
-each target as its own libFuzzer process, all targets at once (one core
-each), for SECONDS.  A target that finds a crash has the input saved as
-``WORK/crashes/<target>/crash-<sha1>`` and is restarted on its grown
-corpus (``WORK/corpus/<target>``) until the time is up.  Prints per target
-the executions, coverage (libFuzzer's ``cov``/``ft``), corpus size and
-crashes; exit status 1 when any crash was found or a target did not
-start.
+[--work DIR] [--seed N --runs N]``: builds the seed corpora once
+(``WORK/seeds``), then runs each target as its own libFuzzer process, all
+targets at once (one core each), for SECONDS.  A target that finds a
+crash has the input saved as ``WORK/crashes/<target>/crash-<sha1>`` and is
+restarted on its grown corpus (``WORK/corpus/<target>``) until the time is
+up.  Prints per target the executions, coverage (libFuzzer's
+``cov``/``ft``), corpus size and crashes; exit status 1 when any crash was
+found or a target did not start.
+
+``--seed`` and ``--runs`` bound a run: libFuzzer's random seed fixed and at
+most N executions per target (SECONDS still bounds it).  The smoke run of
+``make test`` uses them so that it walks about the same short path each
+time (not exactly: some seed images carry random UUIDs and salts) rather
+than as far as the day's load allows; exploring is ``make fuzz``'s job.
 """
 
 from __future__ import annotations
@@ -59,8 +65,9 @@ class Stats:
     broken: str | None = None
 
 
-def _libfuzzer_args(target: str, work: pathlib.Path,
-                    seconds: int) -> list[str]:
+def _libfuzzer_args(target: str, work: pathlib.Path, seconds: int,
+                    seed: int | None = None,
+                    runs: int | None = None) -> list[str]:
     module, dictionary, extra = TARGETS[target]
     corpus = work / 'corpus' / target
     crashes = work / 'crashes' / target
@@ -72,17 +79,22 @@ def _libfuzzer_args(target: str, work: pathlib.Path,
             '-timeout=%d' % HANG_SECONDS, '-rss_limit_mb=2048',
             '-print_final_stats=1',
             '-artifact_prefix=%s/' % crashes, *extra,
+            *(['-seed=%d' % seed] if seed is not None else []),
+            *(['-runs=%d' % runs] if runs is not None else []),
             str(corpus), str(work / 'seeds' / target)]
 
 
 def _start(target: str, work: pathlib.Path, deadline: float,
-           stats: Stats) -> subprocess.Popen[str] | None:
+           stats: Stats, seed: int | None = None,
+           runs: int | None = None) -> subprocess.Popen[str] | None:
     left = int(deadline - time.monotonic())
-    if left < 2:
+    if left < 2 or (runs is not None and stats.execs >= runs):
         return None
     stats.runs += 1
     log = open(work / ('%s.log' % target), 'a')
-    return subprocess.Popen(_libfuzzer_args(target, work, left), cwd=_ROOT,
+    args = _libfuzzer_args(target, work, left, seed,
+                           None if runs is None else runs - stats.execs)
+    return subprocess.Popen(args, cwd=_ROOT,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
@@ -113,8 +125,9 @@ def _absorb(target: str, work: pathlib.Path, offset: int,
     return log.stat().st_size
 
 
-def fuzz(targets: list[str], seconds: int,
-         work: pathlib.Path) -> dict[str, Stats]:
+def fuzz(targets: list[str], seconds: int, work: pathlib.Path,
+         seed: int | None = None,
+         runs: int | None = None) -> dict[str, Stats]:
     if not (work / 'seeds').is_dir():
         subprocess.run([sys.executable, '-m', 'fuzz.build_corpus',
                         str(work / 'seeds')], cwd=_ROOT, check=True)
@@ -123,7 +136,8 @@ def fuzz(targets: list[str], seconds: int,
     offsets = {t: 0 for t in targets}
     for t in targets:
         (work / ('%s.log' % t)).unlink(missing_ok=True)
-    procs = {t: _start(t, work, deadline, stats[t]) for t in targets}
+    procs = {t: _start(t, work, deadline, stats[t], seed, runs)
+             for t in targets}
     while any(procs.values()):
         time.sleep(0.5)
         for t, proc in procs.items():
@@ -132,7 +146,7 @@ def fuzz(targets: list[str], seconds: int,
             offsets[t] = _absorb(t, work, offsets[t], stats[t])
             # A crash ends a libFuzzer run: go on with the grown corpus.
             procs[t] = None if stats[t].broken else _start(
-                t, work, deadline, stats[t])
+                t, work, deadline, stats[t], seed, runs)
     return stats
 
 
@@ -146,17 +160,22 @@ def main(argv: list[str] | None = None) -> int:
         'FUZZ_TARGETS', ','.join(TARGETS)))
     parser.add_argument('--work', type=pathlib.Path, default=pathlib.Path(
         os.environ.get('FUZZ_WORK', _ROOT / 'fuzz' / 'work')))
+    parser.add_argument('--seed', type=int,
+                        help="libFuzzer's random seed (default: a new one)")
+    parser.add_argument('--runs', type=int,
+                        help='at most this many executions per target')
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(',') if t]
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         parser.error('unknown target(s) %s (known: %s)'
                      % (', '.join(unknown), ', '.join(TARGETS)))
-    stats = fuzz(targets, args.time, args.work.resolve())
+    stats = fuzz(targets, args.time, args.work.resolve(), args.seed,
+                 args.runs)
     found = False
     for t, s in stats.items():
-        print('fuzz %-10s %9d executions in %d s (%d run%s), cov %d ft %d, '
-              'corpus %d, crashes %d' % (
+        print('fuzz %-10s %9d executions within %d s (%d run%s), cov %d ft '
+              '%d, corpus %d, crashes %d' % (
                   t, s.execs, args.time, s.runs, '' if s.runs == 1 else 's',
                   s.cov, s.ft, s.corpus, len(s.crashes)))
         for crash in s.crashes:
