@@ -113,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _signature() -> Any:
-    # Imported when used: cursive and castellan are heavy.
+    # Imported when inspect's parser is built, not with this module:
+    # cursive and castellan are heavy and no other command needs them.
     from glance_imgplugins import signature
     return signature
 
@@ -134,14 +135,13 @@ def collect(args: argparse.Namespace) -> Report:
     result = inspect(args.file, args.vmdk_allowed_types)
     data: dict[str, Any] = result.to_dict()
     status = EXIT_SAFE if result.safe else EXIT_UNSAFE
-    if getattr(args, 'signature', None) or getattr(args, 'certificate', None) \
-            or getattr(args, 'trusted_certificates', None):
+    if args.signature or args.certificate or args.trusted_certificates:
         verified = verify_signature(args)
         data['signature'] = verified[0]
         data['signature_verified'] = verified[1]
         if not verified[1]:
             status = EXIT_UNSAFE
-    if getattr(args, 'guest', False):
+    if args.guest:
         from glance_imgplugins import guest
 
         data['guest'] = guest.inspect_file(
